@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, in the order CI runs it. Needs .venv from tools/setup.sh.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+B=.venv/bin
+fail() { echo "FAILED: $*" >&2; exit 1; }
+changed() { git status --porcelain -- nbs weldiag README.md; }
+
+before=$(changed)
+echo "== 1/5 nbdev-clean leaves the notebooks unchanged"
+$B/nbdev-clean || fail "nbdev-clean errored"
+[ "$(changed)" == "$before" ] || { git status --short; fail "nbdev-clean changed files: run it and commit"; }
+echo "== 2/5 nbdev-export leaves weldiag/ unchanged"
+$B/nbdev-export || fail "nbdev-export errored"
+[ "$(changed)" == "$before" ] || { git status --short; fail "nbdev-export changed weldiag/: export and commit"; }
+echo "== 3/5 README.md is generated from nbs/index.ipynb"
+$B/python tools/make_readme.py --check || fail "README.md is stale: run .venv/bin/python tools/make_readme.py"
+echo "== 4/5 nbdev-test (all notebooks; 'slow' and 'gpu' cells skipped)"
+$B/nbdev-test --timing || fail "nbdev-test"
+echo "== 5/5 pytest"
+$B/python -m pytest tests -q -p no:cacheprovider
+rc=$?
+[ $rc -eq 5 ] && fail "pytest collected no tests"
+exit $rc
