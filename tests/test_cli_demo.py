@@ -1,0 +1,88 @@
+"""`weldiag demo --fast` end to end through the console script, and one-line errors (exit code 2) on bad input."""
+import json, os, re, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# report section id -> the name the issue gives it
+SECTIONS = {"data": "data", "anchor-coverage": "coverage", "learning-rate": "lr-finder",
+            "training-and-activations": "activations", "probability-maps": "probability maps", "evaluation": "evaluation"}
+CORE = ("Anchor coverage", "LR finder", "Activation statistics", "Evaluation", "Probability maps")
+
+
+def weldiag(*args, timeout:float=600)->subprocess.CompletedProcess:
+    "Run the `weldiag` console script of this venv (or `weldiag.cli.main` when it is not installed)"
+    exe = Path(sys.executable).with_name("weldiag")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from weldiag.cli import main; sys.exit(main())"]
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "report"
+    r = weldiag("demo", "--fast", "--device", "cpu", "--out", out)
+    assert r.returncode == 0, f"weldiag demo --fast failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return out, r
+
+
+def _sections(page:str)->dict:
+    "section id -> its HTML"
+    return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, flags=re.S))
+
+
+def test_demo_writes_every_section(demo):
+    out, r = demo
+    page = (out / "report.html").read_text(encoding="utf-8")
+    secs = _sections(page)
+    for sid, what in SECTIONS.items():
+        assert sid in secs, f"report.html has no {what} section (sections: {list(secs)})"
+        assert "data:image/png;base64," in secs[sid], f"the {what} section has no figure"
+    assert "<script" not in page and "http://" not in page and "https://" not in page, "report.html must work offline"
+
+
+def test_demo_summary_and_files(demo):
+    out, r = demo
+    s = json.loads((out / "summary.json").read_text())
+    missing = s.get("not_available", {})
+    assert not any(c in missing for c in CORE), f"core parts missing: {missing}"
+    for key in ("data", "coverage", "lr_find", "training", "activations", "evaluation", "probability_maps", "timings_s"):
+        assert key in s, f"summary.json has no {key!r}"
+    assert s["data"]["train_images"] == 80 and s["data"]["val_images"] == 20
+    assert 0 <= s["evaluation"]["AP"] <= 1 and 0 < s["coverage"]["recall@0.5"] <= 1
+    for name in s["files"]["figures"]: assert (out / name).stat().st_size > 1000, name
+    assert str((out / "report.html").resolve()) in r.stdout, r.stdout[-2000:]
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, f"exit code {r.returncode}, stderr:\n{r.stderr[-2000:]}"
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    for n in needles: assert n in last, f"{n!r} not in {last!r}"
+    return r.stderr.strip().splitlines()
+
+
+def test_report_on_folder_without_dataset(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    lines = _one_line_error(weldiag("report", "--data", tmp_path, "--fast", "--out", tmp_path / "out"), "no recognisable dataset")
+    assert len(lines) == 1, lines
+
+
+def test_report_on_missing_path(tmp_path):
+    lines = _one_line_error(weldiag("report", "--data", tmp_path / "nope", "--out", tmp_path / "out"), "no such file")
+    assert len(lines) == 1, lines
+
+
+@pytest.mark.parametrize("cmd", [["demo"], ["report", "--data", "."]])
+def test_unknown_model(cmd, tmp_path):
+    "argparse rejects the choice: its usage line, then one error line, exit code 2"
+    _one_line_error(weldiag(*cmd, "--model", "yolo9000", "--out", tmp_path), "invalid choice: 'yolo9000'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(tmp_path):
+    lines = _one_line_error(weldiag("demo", "--fast", "--device", "cuda", "--out", tmp_path), "CUDA is not available")
+    assert len(lines) == 1, lines
+    assert not (tmp_path / "report.html").exists()
