@@ -6,6 +6,10 @@ Docs: https://github.com/weldiag/weldiag/report.html.md"""
 
 # %% ../nbs/08_report.ipynb #1b6b4cb8
 from __future__ import annotations
+import os
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a busy 2-core CPU spinning threads made
+# `weldiag demo` ~10x slower; the user's own setting wins. (Only effective when torch is not imported yet, as in the CLI.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import base64, html, io, json, math, re, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -20,9 +24,9 @@ from .data import (DetectionDataset, DetectionTorchDataset, detection_collate, w
 from .models import small_detector, label_offset, train_detector
 
 # %% auto #0
-__all__ = ['MODELS', 'LR_RANGE', 'STEPS', 'fig_to_png', 'Section', 'HTMLReport', 'DemoConfig', 'resolve_device', 'split_dataset',
-           'load_splits', 'Run', 'data_step', 'coverage_step', 'lr_step', 'train_step', 'eval_step', 'maps_step',
-           'diagnose', 'demo_command', 'report_command']
+__all__ = ['MODELS', 'LR_RANGE', 'SCORE_THRESH', 'STEPS', 'fig_to_png', 'Section', 'HTMLReport', 'DemoConfig', 'resolve_device',
+           'split_dataset', 'load_splits', 'Run', 'data_step', 'coverage_step', 'lr_step', 'train_step', 'eval_step',
+           'maps_step', 'diagnose', 'demo_command', 'report_command']
 
 # %% ../nbs/08_report.ipynb #bc7a7d25
 _CSS = """
@@ -49,6 +53,7 @@ figcaption{color:var(--muted);font-size:13px;max-width:900px}
 .note{border-left:4px solid var(--accent);background:var(--soft);padding:8px 12px;margin:12px 0;max-width:900px}
 .note.warn{border-color:#d29922} .note.missing{border-color:#cf222e}
 code{background:var(--soft);padding:1px 4px;border-radius:3px;font-size:13px}
+pre{background:var(--soft);padding:10px 14px;border-radius:4px;font-size:12.5px;overflow-x:auto;max-width:1000px}
 footer{color:var(--muted);font-size:12px;padding:18px 40px;border-top:1px solid var(--line)}
 """
 
@@ -104,6 +109,7 @@ class HTMLReport:
         return self._add("".join(f"<p>{_inline(p.strip())}</p>" for p in str(prose).split("\n\n") if p.strip()))
 
     def heading(self, title:str)->HTMLReport: return self._add(f"<h3>{_inline(title)}</h3>")
+    def code(self, text:str)->HTMLReport: return self._add(f"<pre>{html.escape(str(text))}</pre>")
 
     def note(self, prose:str, kind:str="info")->HTMLReport:
         "A call-out box: kind 'info', 'warn' or 'missing'"
@@ -179,7 +185,7 @@ class DemoConfig:
     epochs:int = 3                 # training epochs
     image_size:int = 192           # short side images are resized to (SSDlite always uses 320x320)
     batch_size:int = 4
-    lr_iters:int = 40              # lr-finder steps
+    lr_iters:int = 30              # lr-finder steps
     max_steps:int = None           # cap on training steps (None: all epochs)
     n_maps:int = 3                 # validation images for probability / feature maps
     fast:bool = False              # the smoke-test settings
@@ -191,7 +197,7 @@ class DemoConfig:
         if model not in MODELS: raise ValueError(f"--model {model!r}: expected one of {', '.join(MODELS)}")
         if epochs is not None and epochs < 1: raise ValueError(f"--epochs {epochs}: need at least 1")
         if image_size is not None and not 32 <= image_size <= 2048: raise ValueError(f"--image-size {image_size}: expected 32..2048")
-        d = dict(epochs=1, image_size=160, lr_iters=10, max_steps=8, n_maps=2) if fast else {}
+        d = dict(epochs=1, image_size=128, lr_iters=8, max_steps=6, n_maps=1) if fast else {}
         if epochs is not None: d["epochs"] = epochs
         if image_size is not None: d["image_size"] = image_size
         return cls(model=model, fast=fast, **d)
@@ -301,19 +307,24 @@ def coverage_step(run:Run):
     _suggest_anchors(run, cov)
 
 def _suggest_anchors(run:Run, cov):
-    "Suggested anchor shapes, when weldiag.anchors provides `suggest_anchors`"
+    "Anchor shapes fitted to the training boxes on the model's own grids (k-means + evolution)"
     try: from weldiag.anchors import suggest_anchors
     except ImportError:
         return run.missing("Suggested anchors", "`weldiag.anchors.suggest_anchors` is not in this version of weldiag.")
-    sug = suggest_anchors(cov)
-    run.report.heading("Suggested anchors")
-    if hasattr(sug, "to_frame"): run.report.table(sug.to_frame(), "Anchor shapes fitted to the training boxes.")
-    else: run.report.text(f"`{sug!r}`")
-    if hasattr(sug, "plot"): run.report.figure(sug.plot(), "suggested_anchors", "Suggested anchor shapes against the GT boxes.")
-    run.summary["suggested_anchors"] = repr(sug)
+    sug = suggest_anchors(run.train, run.model, gens=20 if run.cfg.fast else 80, seed=run.cfg.seed)
+    rep = run.report
+    rep.heading("Suggested anchors")
+    rep.text(f"Shapes fitted to these boxes on the same grids (k-means in 1 − IoU, then an evolutionary search). "
+             f"Best-possible recall at IoU {sug.iou:g}: **{sug.recall_before:.1%}** with the model's anchors, "
+             f"**{sug.recall_after:.1%}** with the suggested ones (mean best IoU {sug.mean_iou_before:.3f} → "
+             f"{sug.mean_iou_after:.3f}). If the gain is large, install them before training:")
+    rep.table(sug.to_frame(), "Suggested anchor shapes per level (w×h, input pixels).", index=False)
+    rep.code(sug.snippet)
+    run.summary["suggested_anchors"] = {"iou": sug.iou, "recall_before": sug.recall_before, "recall_after": sug.recall_after,
+                                        "shapes": [s.tolist() for s in sug.shapes]}
 
-# %% ../nbs/08_report.ipynb #1ff3e182
-LR_RANGE = (1e-4, 1e-2)   # the demo trains with the lr-finder's suggestion clipped to this range
+# %% ../nbs/08_report.ipynb #83403bb0
+LR_RANGE = (1e-3, 5e-3)   # the demo trains with the lr-finder's valley clipped to this range (AdamW, small detectors, few steps)
 
 def lr_step(run:Run):
     "LR range test (model and optimizer restored afterwards); the valley suggestion becomes the training lr"
@@ -332,8 +343,9 @@ def lr_step(run:Run):
     rep.cards({"training lr": run.lr, "steps": len(res.lrs), "stopped": res.stopped})
     rep.table(pd.DataFrame({"lr": pd.Series(res.suggestions)}), "fastai's four suggestion rules on this curve.", index=True)
     rep.figure(res.plot(), "lr_find", f"Loss against learning rate (log scale), raw and smoothed, with the suggestions. "
-               f"Training uses the {why}. With only {run.cfg.lr_iters} steps the curve is noisy: on a GPU run "
-               f"100 steps or more.")
+               f"Training uses the {why}: with only {run.cfg.lr_iters} steps the curve is noisy and the rules can "
+               f"point far too low, so the demo keeps the rate within {LR_RANGE[0]:g}..{LR_RANGE[1]:g}, where these small "
+               f"detectors train with AdamW. On a GPU, run 100 steps or more and trust the curve more.")
     run.summary["lr_find"] = {"suggestions": {k: float(v) for k, v in res.suggestions.items()}, "lr": run.lr,
                               "steps": int(len(res.lrs)), "stopped": res.stopped}
 
@@ -480,7 +492,9 @@ def _scaled_target(rec, img)->dict:
     (W, H), (h, w) = rec.size, img.shape[-2:]
     return {"boxes": rec.boxes * torch.tensor([w / W, h / H, w / W, h / H]), "labels": rec.labels}
 
-# %% ../nbs/08_report.ipynb #6f5cabc6
+# %% ../nbs/08_report.ipynb #8211613a
+SCORE_THRESH = {"retinanet": {"score_thresh": 0.01}, "fcos": {"score_thresh": 0.01}}  # keep low-score boxes for mAP (SSDlite: 0.001)
+
 STEPS = (("data", data_step), ("anchor coverage", coverage_step), ("lr finder", lr_step),
          ("training + activations", train_step), ("evaluation", eval_step), ("probability maps", maps_step))
 
@@ -490,6 +504,7 @@ def _header(rep:HTMLReport, run:Run, how:str):
                 f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.2f} M parameters) on **{run.device}**, images "
                 f"resized to a short side of {c.image_size} px, {c.epochs} epoch(s)"
                 + (f" capped at {c.max_steps} steps" if c.max_steps else "") + f", batch {c.batch_size}. Data: {how}."
+                + (" Detections down to score 0.01 are kept for evaluation, as COCO evaluation expects." if c.model in SCORE_THRESH else "")
                 + (" This is a `--fast` smoke run: numbers are for checking the pipeline, not the model." if c.fast else ""))
 
 def diagnose(
@@ -505,7 +520,8 @@ def diagnose(
     train, valid, how = load_splits(data, cfg.seed)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = small_detector(cfg.model, len(train.classes), min_size=cfg.image_size, max_size=max(800, 5 * cfg.image_size)).to(dev)
+    model = small_detector(cfg.model, len(train.classes), min_size=cfg.image_size, max_size=max(800, 5 * cfg.image_size),
+                           **SCORE_THRESH.get(cfg.model, {})).to(dev)
     name = "LoHi-WELD weld sample" if data is None else Path(data).name
     rep = HTMLReport(f"weldiag report: {cfg.model} on {name}", f"{len(train)} train / {len(valid)} val images, "
                      f"classes {', '.join(train.classes)}", out=out)
