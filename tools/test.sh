@@ -3,6 +3,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=.venv/bin
+# nbdev-test runs two notebooks at once on this 2-core machine: one BLAS/OpenMP thread each avoids
+# oversubscription (with 2x2 threads a tiny CNN step was measured 30x slower under load).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 fail() { echo "FAILED: $*" >&2; exit 1; }
 changed() { git status --porcelain -- nbs weldiag README.md; }
 

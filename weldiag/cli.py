@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['UsageError', 'build_parser', 'main']
 
-# %% ../nbs/09_cli.ipynb #f2a8fe53
+# %% ../nbs/09_cli.ipynb #9728a922
 import argparse
 import importlib
 import sys
 
-# %% ../nbs/09_cli.ipynb #e43615cf
+# %% ../nbs/09_cli.ipynb #8164ebc7
 class UsageError(ValueError):
     "Bad command-line input: reported as one line and exit code 2"
 
@@ -26,7 +26,7 @@ def _demo(a): return _call("report", "demo_command", out=a.out, device=a.device,
 def _report(a): return _call("report", "report_command", data=a.data, out=a.out, device=a.device, epochs=a.epochs,
                              image_size=a.image_size, model=a.model, fast=a.fast)
 
-# %% ../nbs/09_cli.ipynb #64513f36
+# %% ../nbs/09_cli.ipynb #98e9a1be
 def _add_detector_args(p, models):
     p.add_argument("--out", default="weldiag-report", help="folder for report.html, summary.json and the PNGs")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -62,7 +62,7 @@ def build_parser()->argparse.ArgumentParser:
     r.set_defaults(fn=_report)
     return p
 
-# %% ../nbs/09_cli.ipynb #c5c0cc98
+# %% ../nbs/09_cli.ipynb #e97d153b
 def _check_dataset_args(a):
     if getattr(a, "path", None) is None and hasattr(a, "sample") and not a.sample:
         raise UsageError(f"{a.command}: give a dataset PATH or --sample")

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ARCHS', 'conv_bn', 'TinyBackbone', 'small_backbone', 'small_detector', 'label_offset', 'train_detector']
 
-# %% ../nbs/01b_models.ipynb #52528299
+# %% ../nbs/01b_models.ipynb #2123ef23
 from collections import OrderedDict
 from functools import partial
 import time
@@ -20,7 +20,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-# %% ../nbs/01b_models.ipynb #6eb9006b
+# %% ../nbs/01b_models.ipynb #90426265
 def conv_bn(ni:int, nf:int, stride:int=1)->nn.Sequential:
     "3x3 conv + BatchNorm + ReLU; `stride` 2 halves H and W: N=(W-3+2)/2+1"
     return nn.Sequential(nn.Conv2d(ni, nf, 3, stride, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU(inplace=True))
@@ -40,7 +40,7 @@ class TinyBackbone(nn.Sequential):
         ))
         self.widths = widths
 
-# %% ../nbs/01b_models.ipynb #4c360203
+# %% ../nbs/01b_models.ipynb #e209429c
 def _body(name:str):
     "The backbone trunk and the channels of its layer1..layer4"
     if name == "tiny":
@@ -67,7 +67,7 @@ def small_backbone(
     return BackboneWithFPN(body, {f"layer{l}": str(i) for i, l in enumerate(returned_layers)},
                            [widths[l - 1] for l in returned_layers], out_channels, extra_blocks=extras[extra])
 
-# %% ../nbs/01b_models.ipynb #e0197bd1
+# %% ../nbs/01b_models.ipynb #3fd17098
 ARCHS = ("retinanet", "fcos", "fasterrcnn", "ssdlite")
 
 def small_detector(
@@ -99,7 +99,7 @@ def label_offset(model:nn.Module)->int:
     raise ValueError(f"label_offset: unknown detector type {type(model).__name__}; "
                      "pass label_offset explicitly (1 if class 0 is background, else 0)")
 
-# %% ../nbs/01b_models.ipynb #9a1b400b
+# %% ../nbs/01b_models.ipynb #92434c72
 def _to(batch, device):
     "Move a (images, targets) detection batch to `device`"
     images, targets = batch
