@@ -672,7 +672,7 @@ class Coverage:
         f, n = self.frame, len(self.frame)
         st = f["status"].value_counts()
         rec = ", ".join(f"{self.recall(t):.1%} at IoU {t:g}" for t in self.thresholds)
-        return (f"Coverage({self.source}: {n} GTs in {self.frame['image'].nunique()} images, "
+        return (f"Coverage({self.source}: {n} GTs in {len(self.ds)} images, "
                 f"{len(self.anchors)} input size(s); best-possible recall {rec}; matcher {self.matcher.name}: "
                 + ", ".join(f"{st.get(s, 0)} {s}" for s in STATUSES) + ")")
     def _repr_html_(self):
@@ -803,7 +803,7 @@ def plot_location(cov:Coverage, image:int=None, level:int=0, cell=None, ax=None,
     for x in lv.offset[1] + (np.arange(lv.grid[1] + 1) - 0.5) * lv.stride[1]: ax.axvline(x, color="w", lw=0.5, alpha=0.7)
     for y in lv.offset[0] + (np.arange(lv.grid[0] + 1) - 0.5) * lv.stride[0]: ax.axhline(y, color="w", lw=0.5, alpha=0.7)
     draw_boxes(ax, torch.tensor(fi[["in_x1", "in_y1", "in_x2", "in_y2"]].to_numpy(dtype="float32")).reshape(-1, 4),
-               fi["label"].to_numpy(), cov.classes, lw=1.5, fontsize=6, legend=True)
+               fi["label"].to_numpy().copy(), cov.classes, lw=1.5, fontsize=6, legend=True)
     draw_boxes(ax, b, color="cyan", lw=1.2, ls="--", fontsize=0)
     cy_, cx_ = lv.offset[0] + cell[0] * lv.stride[0], lv.offset[1] + cell[1] * lv.stride[1]
     ax.plot([cx_], [cy_], "c+", ms=10)
