@@ -9,6 +9,7 @@ taken by a callback (validation excluded). Everything is repeated `--repeats` ti
 Memory: `--memory` runs a tiny model for 2,000 and for 100,000 recorded steps and prints the bytes the statistics hold.
 
     python bench/activation_overhead.py [--rounds 15] [--repeats 3] [--batch 32] [--size 64] [--memory]
+                                        [--clock wall|process] [--threads N] [--skip-fastai]
 """
 import argparse
 import copy
@@ -17,6 +18,8 @@ import time
 
 import torch
 from torch import nn
+
+CLOCK = time.perf_counter   # --clock process: this process's CPU time (all threads), robust to other jobs' load
 
 from weldiag.activations import ActivationStats, ActivationStatsCallback
 
@@ -41,10 +44,10 @@ def plain_loop(args):
 
     def step(k):
         m, opt = runs[k], opts[k]
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         loss = nn.functional.cross_entropy(m(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
-        return time.perf_counter() - t0
+        return CLOCK() - t0
 
     for k in runs: step(k); step(k)                       # warm-up
     order = list(runs) + list(runs)[::-1]
@@ -71,8 +74,8 @@ def fastai_runs(args):
         order = -100
         def before_fit(self): self.times = getattr(self, "times", [])
         def before_batch(self):
-            if self.training: self.t0 = time.perf_counter()
-        def after_step(self): self.times.append(time.perf_counter() - self.t0)
+            if self.training: self.t0 = CLOCK()
+        def after_step(self): self.times.append(CLOCK() - self.t0)
 
     torch.manual_seed(0)
     n = args.batch * args.fastai_batches
@@ -129,8 +132,13 @@ if __name__ == "__main__":
     p.add_argument("--fastai-batches", type=int, default=5, help="training batches per fastai fit")
     p.add_argument("--memory", action="store_true", help="also measure memory for 2k vs 100k steps")
     p.add_argument("--skip-fastai", action="store_true")
+    p.add_argument("--clock", choices=["wall", "process"], default="wall",
+                   help="wall: time.perf_counter; process: CPU time of this process (less sensitive to a shared machine)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = p.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size} px, "
+    if args.clock == "process": CLOCK = time.process_time
+    if args.threads: torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, batch {args.batch}, {args.size} px, "
           "4-block conv+BN+ReLU CNN; ratios = median step time / plain median step time")
     print("plain loop (A/B/C/C/B/A interleaved):")
     plain_loop(args)
