@@ -5,12 +5,13 @@
 # %% auto #0
 __all__ = ['UsageError', 'build_parser', 'main']
 
-# %% ../nbs/09_cli.ipynb #9728a922
+# %% ../nbs/09_cli.ipynb #54893b5c
 import argparse
 import importlib
+import os
 import sys
 
-# %% ../nbs/09_cli.ipynb #8164ebc7
+# %% ../nbs/09_cli.ipynb #ae740550
 class UsageError(ValueError):
     "Bad command-line input: reported as one line and exit code 2"
 
@@ -26,7 +27,7 @@ def _demo(a): return _call("report", "demo_command", out=a.out, device=a.device,
 def _report(a): return _call("report", "report_command", data=a.data, out=a.out, device=a.device, epochs=a.epochs,
                              image_size=a.image_size, model=a.model, fast=a.fast)
 
-# %% ../nbs/09_cli.ipynb #98e9a1be
+# %% ../nbs/09_cli.ipynb #0b05a999
 def _add_detector_args(p, models):
     p.add_argument("--out", default="weldiag-report", help="folder for report.html, summary.json and the PNGs")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -62,7 +63,7 @@ def build_parser()->argparse.ArgumentParser:
     r.set_defaults(fn=_report)
     return p
 
-# %% ../nbs/09_cli.ipynb #e97d153b
+# %% ../nbs/09_cli.ipynb #b271329a
 def _check_dataset_args(a):
     if getattr(a, "path", None) is None and hasattr(a, "sample") and not a.sample:
         raise UsageError(f"{a.command}: give a dataset PATH or --sample")
@@ -71,6 +72,9 @@ def _check_dataset_args(a):
 
 def main(argv:list=None)->int:
     "Entry point of the `weldiag` console script; returns the exit code"
+    # Before torch (and its OpenMP runtime) is imported by a subcommand: idle OpenMP threads sleep instead of
+    # spinning. On a busy 2-core CPU spinning threads made `weldiag demo` ~10x slower. The user's setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     a = parser.parse_args(argv)
     try:

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ARCHS', 'conv_bn', 'TinyBackbone', 'small_backbone', 'small_detector', 'label_offset', 'train_detector']
 
-# %% ../nbs/01b_models.ipynb #2123ef23
+# %% ../nbs/01b_models.ipynb #06da227d
 from collections import OrderedDict
 from functools import partial
 import time
@@ -20,7 +20,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-# %% ../nbs/01b_models.ipynb #90426265
+# %% ../nbs/01b_models.ipynb #3903c0aa
 def conv_bn(ni:int, nf:int, stride:int=1)->nn.Sequential:
     "3x3 conv + BatchNorm + ReLU; `stride` 2 halves H and W: N=(W-3+2)/2+1"
     return nn.Sequential(nn.Conv2d(ni, nf, 3, stride, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU(inplace=True))
@@ -40,7 +40,7 @@ class TinyBackbone(nn.Sequential):
         ))
         self.widths = widths
 
-# %% ../nbs/01b_models.ipynb #e209429c
+# %% ../nbs/01b_models.ipynb #2a906fb6
 def _body(name:str):
     "The backbone trunk and the channels of its layer1..layer4"
     if name == "tiny":
@@ -67,7 +67,7 @@ def small_backbone(
     return BackboneWithFPN(body, {f"layer{l}": str(i) for i, l in enumerate(returned_layers)},
                            [widths[l - 1] for l in returned_layers], out_channels, extra_blocks=extras[extra])
 
-# %% ../nbs/01b_models.ipynb #3fd17098
+# %% ../nbs/01b_models.ipynb #e3a47475
 ARCHS = ("retinanet", "fcos", "fasterrcnn", "ssdlite")
 
 def small_detector(
@@ -99,7 +99,7 @@ def label_offset(model:nn.Module)->int:
     raise ValueError(f"label_offset: unknown detector type {type(model).__name__}; "
                      "pass label_offset explicitly (1 if class 0 is background, else 0)")
 
-# %% ../nbs/01b_models.ipynb #92434c72
+# %% ../nbs/01b_models.ipynb #fcdff29e
 def _to(batch, device):
     "Move a (images, targets) detection batch to `device`"
     images, targets = batch
@@ -123,7 +123,9 @@ def train_detector(
     total = epochs * len(dl) if max_steps is None else min(max_steps, epochs * len(dl))
     if total < 1: raise ValueError(f"train_detector: nothing to do (epochs={epochs}, len(dl)={len(dl)}, max_steps={max_steps})")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.25)
+    # one-cycle needs >= 1 step up and down: with fewer than 4 steps keep the lr constant
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=max(0.25, 2 / total))
+             if total >= 4 else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     history, step = [], 0
     mb = master_bar(range(epochs)) if progress else range(epochs)
     for _ in mb:

@@ -5,9 +5,6 @@
 # %% ../nbs/08_report.ipynb #1b6b4cb8
 from __future__ import annotations
 import os
-# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a busy 2-core CPU spinning threads made
-# `weldiag demo` ~10x slower; the user's own setting wins. (Only effective when torch is not imported yet, as in the CLI.)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import base64, html, io, json, math, re, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
