@@ -77,8 +77,9 @@ def test_report_on_missing_path(tmp_path):
 
 @pytest.mark.parametrize("cmd", [["demo"], ["report", "--data", "."]])
 def test_unknown_model(cmd, tmp_path):
-    "argparse rejects the choice: its usage line, then one error line, exit code 2"
-    _one_line_error(weldiag(*cmd, "--model", "yolo9000", "--out", tmp_path), "invalid choice: 'yolo9000'")
+    "argparse rejects the choice: one error line, exit code 2"
+    lines = _one_line_error(weldiag(*cmd, "--model", "yolo9000", "--out", tmp_path), "invalid choice: 'yolo9000'")
+    assert len(lines) == 1, lines
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['UsageError', 'build_parser', 'main']
 
-# %% ../nbs/09_cli.ipynb #54893b5c
+# %% ../nbs/09_cli.ipynb #e7283b82
 import argparse
 import importlib
 import os
 import sys
 
-# %% ../nbs/09_cli.ipynb #ae740550
+# %% ../nbs/09_cli.ipynb #7b05ce88
 class UsageError(ValueError):
     "Bad command-line input: reported as one line and exit code 2"
 
@@ -27,7 +27,7 @@ def _demo(a): return _call("report", "demo_command", out=a.out, device=a.device,
 def _report(a): return _call("report", "report_command", data=a.data, out=a.out, device=a.device, epochs=a.epochs,
                              image_size=a.image_size, model=a.model, fast=a.fast)
 
-# %% ../nbs/09_cli.ipynb #0b05a999
+# %% ../nbs/09_cli.ipynb #244d6a7f
 def _add_detector_args(p, models):
     p.add_argument("--out", default="weldiag-report", help="folder for report.html, summary.json and the PNGs")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -36,9 +36,13 @@ def _add_detector_args(p, models):
     p.add_argument("--model", choices=models, default="retinanet", help="detector to build and diagnose")
     p.add_argument("--fast", action="store_true", help="a smoke-test run under a minute on a CPU")
 
+class _Parser(argparse.ArgumentParser):
+    "argparse, but a bad argument is one line on stderr (no usage block) and exit code 2"
+    def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 def build_parser()->argparse.ArgumentParser:
     "The `weldiag` argument parser with one sub-parser per command"
-    p = argparse.ArgumentParser(prog="weldiag", description="Diagnostics for weld and steel defect detectors.")
+    p = _Parser(prog="weldiag", description="Diagnostics for weld and steel defect detectors.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     d = sub.add_parser("dataset", help="summary table and plots of a detection dataset")
     d.add_argument("path", nargs="?", help="dataset folder or file (YOLO, VOC, COCO, labelme)")
@@ -63,7 +67,7 @@ def build_parser()->argparse.ArgumentParser:
     r.set_defaults(fn=_report)
     return p
 
-# %% ../nbs/09_cli.ipynb #b271329a
+# %% ../nbs/09_cli.ipynb #aad75752
 def _check_dataset_args(a):
     if getattr(a, "path", None) is None and hasattr(a, "sample") and not a.sample:
         raise UsageError(f"{a.command}: give a dataset PATH or --sample")
