@@ -31,7 +31,7 @@ def _sample(
 )->torch.Tensor:              # a float32 copy (the activation may be modified in place after the hook)
     "Every k-th element (k odd) of `f`, at most `size` of them."
     n = f.numel()
-    if size is not None and n > size: f = f[::-(-n // size) | 1][:size]
+    if size is not None and n > size: f = f[::-(-n // size) | 1]     # ceil(n / k) <= size elements
     return f.float() if f.dtype != torch.float32 else f.clone()
 
 def _first_range(mn:torch.Tensor, mx:torch.Tensor)->torch.Tensor:
@@ -44,32 +44,43 @@ def _first_range(mn:torch.Tensor, mx:torch.Tensor)->torch.Tensor:
 _EXACT_ONES = 2 ** 24       # float32 sums of ones are exact up to here (every partial sum is an integer ≤ 2**24)
 
 def _scratch(
-    cache:dict,               # (device, dtype) -> 1-d scratch tensor, grown on demand
+    cache:dict,               # (device, dtype) -> (1-d scratch tensor grown on demand, 0-d one)
     f:torch.Tensor,
-)->torch.Tensor:              # a view of the scratch tensor shaped like `f`
+)->tuple[torch.Tensor, torch.Tensor]:   # a view of the scratch tensor shaped like `f`, a 0-d 1 of f's dtype and device
     key = (f.device, f.dtype)
     t = cache.get(key)
-    if t is None or t.numel() < f.numel(): t = cache[key] = torch.empty(f.numel(), dtype=f.dtype, device=f.device)
-    return t[:f.numel()]
+    if t is None or t[0].numel() < f.numel():
+        t = cache[key] = (torch.empty(f.numel(), dtype=f.dtype, device=f.device), torch.ones((), dtype=f.dtype, device=f.device))
+    return t[0][:f.numel()], t[1]
 
 def _nonfinite(
     f:torch.Tensor,           # flattened float activations
     cache:dict,               # scratch tensors (see `_scratch`): reused, nothing allocated per call
-)->list[torch.Tensor]:        # [NaN count, ±Inf count], 0-d tensors of f's dtype, exact
-    "Exact NaN and ±Inf counts of `f` from two NaN-ignoring sums: vectorised float passes, no boolean temporaries."
+)->list[torch.Tensor]:        # [non-NaN count, finite count], exact 0-d tensors (`_step_counts` makes NaN / Inf counts)
+    "How many elements of `f` are not NaN, and how many are finite, from two NaN-ignoring sums (no boolean temporaries)."
     n = f.numel()
-    if n > _EXACT_ONES:       # too many elements for exact float32 sums of ones: boolean counts (slower)
-        return [torch.count_nonzero(torch.isnan(f)).to(f.dtype), torch.count_nonzero(torch.isinf(f)).to(f.dtype)]
-    tmp = _scratch(cache, f)
+    if n > _EXACT_ONES:       # too many elements for exact float32 sums of ones: boolean counts in float64 (slower)
+        not_nan = n - torch.count_nonzero(torch.isnan(f)).double()
+        return [not_nan, not_nan - torch.count_nonzero(torch.isinf(f)).double()]
+    tmp, one = _scratch(cache, f)
     not_nan = torch.nansum(torch.clamp(f, 1., 1., out=tmp))      # clamp keeps NaN and maps every other value to 1
-    finite = torch.nansum(torch.add(f.new_ones(()), f, alpha=0, out=tmp))  # 1 + 0·a: NaN exactly where a is NaN or ±Inf
-    return [n - not_nan, not_nan - finite]
+    finite = torch.nansum(torch.add(one, f, alpha=0, out=tmp))   # 1 + 0·a: NaN exactly where a is NaN or ±Inf
+    return [not_nan, finite]
+
+def _step_counts(
+    head:torch.Tensor,        # (m, 6) float64 stacked `_tensor_stats`: columns 4, 5 = non-NaN and finite counts
+    n:torch.Tensor,           # (m,) float64 element counts
+)->torch.Tensor:              # (m, 6) float32, columns 4, 5 = NaN and ±Inf counts
+    "Turn the non-NaN / finite counts of a step's tensors into NaN / Inf counts, all tensors at once."
+    head[:, 5] = head[:, 4] - head[:, 5]
+    head[:, 4] = n - head[:, 4]
+    return head.float()
 
 def _tensor_stats(
     x:torch.Tensor,           # one recorded activation
     exact:bool,               # Welford M2 instead of Σa²
     cache:dict,               # scratch tensors, see `_scratch`
-)->tuple[torch.Tensor, torch.Tensor]:   # (6,) float32 [Σa, Σa² or M2, min, max, nan, inf], flattened float view
+)->tuple[torch.Tensor, torch.Tensor]:   # (6,) float64 [Σa, Σa² or M2, min, max, non-NaN, finite], flattened float view
     "The exact whole-tensor statistics of one activation: reductions only, nothing read back."
     f = x.detach().reshape(-1)
     if f.dtype not in (torch.float32, torch.float64): f = f.float()
@@ -77,7 +88,7 @@ def _tensor_stats(
     mn, mx = torch.aminmax(f)
     if not exact: sq = torch.dot(f, f)
     else: sq = f.var() * (f.numel() - 1) if f.numel() > 1 else torch.zeros_like(s)
-    return torch.stack([s, sq, mn, mx] + _nonfinite(f, cache)).float(), f
+    return torch.stack([s, sq, mn, mx] + _nonfinite(f, cache)).double(), f
 
 # %% ../nbs/02_activations.ipynb #73490afd
 def _count_index(idx:torch.Tensor, n:int)->torch.Tensor:
@@ -241,18 +252,21 @@ class _Series:
         return r
 
     def _layout(self, device)->tuple:
-        "Device index of this step's streams, cached: the layout rarely changes."
-        key = (tuple(self.step_ids), device)
+        "Device index and element counts of this step's streams, cached: the layout rarely changes."
+        key = (tuple(self.step_ids), tuple(n for n, _ in self.step_sizes), device)
         if key not in self.layouts:
+            if len(self.layouts) >= 256: self.layouts.clear()   # input sizes that keep changing: bounded cache
             ids = torch.tensor(self.step_ids, device=device)
-            self.layouts[key] = (ids, self.step_ids == list(range(len(self.step_ids))))
+            n = torch.tensor([n for n, _ in self.step_sizes], dtype=torch.float64, device=device)
+            self.layouts[key] = (ids, self.step_ids == list(range(len(self.step_ids))), n)
         return self.layouts[key]
 
     def end(self):
         "The root forward ended: compute the step's rows and write them into the buffer."
         if not self.heads: return
         head = torch.stack(self.heads)
-        ids, in_order = self._layout(head.device)
+        ids, in_order, n_el = self._layout(head.device)
+        head = _step_counts(head, n_el)
         samples = torch.nn.utils.rnn.pad_sequence(self.samples, batch_first=True, padding_value=math.nan)
         ranges = torch.stack([self.ranges[i] for i in self.step_ids]).to(head.device)
         rows = _step_rows(head, samples, ranges, self.cfg.bins, self.cfg.hist_mode == "signed", self.cfg.near_zero)
@@ -364,9 +378,10 @@ class ActivationStats:
         return self
 
     def stop(self):
-        "Remove the hooks and flush everything to the host."
+        "Remove the hooks, free the scratch tensors and flush everything to the host."
         for h in self._hooks: h.remove()
         self._hooks, self._active = [], None
+        for s in self.series.values(): s.scratch.clear()
         self.flush()
 
     def __enter__(self): return self.start()
