@@ -22,7 +22,7 @@ __all__ = ['ActivationStats', 'compare_runs', 'ActivationStatsCallback']
 
 # %% ../nbs/02_activations.ipynb #74fd143a
 _FIELDS = ["sum", "sq", "min", "max", "nan", "inf", "near_zero", "near_zero_fastai"]  # then the histogram
-# "sq" is Σa² (default) or M2 = Σ(a - mean)² (exact=True); "nan" / "inf" are sample counts (default) or exact counts
+# "sq" is Σa² (default) or M2 = Σ(a - mean)² (exact=True); "nan" / "inf" are exact whole-tensor counts in both modes
 _FASTAI_NEAR_ZERO = 0.05    # fastai's ActivationStats: `o <= 0.05`
 
 def _sample(
@@ -31,7 +31,7 @@ def _sample(
 )->torch.Tensor:              # a float32 copy (the activation may be modified in place after the hook)
     "Every k-th element (k odd) of `f`, at most `size` of them."
     n = f.numel()
-    if size is not None and n > size: f = f[::-(-n // size) | 1][:size]
+    if size is not None and n > size: f = f[::-(-n // size) | 1]     # ceil(n / k) <= size elements
     return f.float() if f.dtype != torch.float32 else f.clone()
 
 def _first_range(mn:torch.Tensor, mx:torch.Tensor)->torch.Tensor:
@@ -41,19 +41,54 @@ def _first_range(mn:torch.Tensor, mx:torch.Tensor)->torch.Tensor:
     return torch.where(torch.isfinite(r) & (r > 0), r, torch.ones_like(r))
 
 # %% ../nbs/02_activations.ipynb #7f970c31
+_EXACT_ONES = 2 ** 24       # float32 sums of ones are exact up to here (every partial sum is an integer ≤ 2**24)
+
+def _scratch(
+    cache:dict,               # (device, dtype) -> (1-d scratch tensor grown on demand, 0-d one)
+    f:torch.Tensor,
+)->tuple[torch.Tensor, torch.Tensor]:   # a view of the scratch tensor shaped like `f`, a 0-d 1 of f's dtype and device
+    key = (f.device, f.dtype)
+    t = cache.get(key)
+    if t is None or t[0].numel() < f.numel():
+        t = cache[key] = (torch.empty(f.numel(), dtype=f.dtype, device=f.device), torch.ones((), dtype=f.dtype, device=f.device))
+    return t[0][:f.numel()], t[1]
+
+def _nonfinite(
+    f:torch.Tensor,           # flattened float activations
+    cache:dict,               # scratch tensors (see `_scratch`): reused, nothing allocated per call
+)->list[torch.Tensor]:        # [non-NaN count, finite count], exact 0-d tensors (`_step_counts` makes NaN / Inf counts)
+    "How many elements of `f` are not NaN, and how many are finite, from two NaN-ignoring sums (no boolean temporaries)."
+    n = f.numel()
+    if n > _EXACT_ONES:       # too many elements for exact float32 sums of ones: boolean counts in float64 (slower)
+        not_nan = n - torch.count_nonzero(torch.isnan(f)).double()
+        return [not_nan, not_nan - torch.count_nonzero(torch.isinf(f)).double()]
+    tmp, one = _scratch(cache, f)
+    not_nan = torch.nansum(torch.clamp(f, 1., 1., out=tmp))      # clamp keeps NaN and maps every other value to 1
+    finite = torch.nansum(torch.add(one, f, alpha=0, out=tmp))   # 1 + 0·a: NaN exactly where a is NaN or ±Inf
+    return [not_nan, finite]
+
+def _step_counts(
+    head:torch.Tensor,        # (m, 6) float64 stacked `_tensor_stats`: columns 4, 5 = non-NaN and finite counts
+    n:torch.Tensor,           # (m,) float64 element counts
+)->torch.Tensor:              # (m, 6) float32, columns 4, 5 = NaN and ±Inf counts
+    "Turn the non-NaN / finite counts of a step's tensors into NaN / Inf counts, all tensors at once."
+    head[:, 5] = head[:, 4] - head[:, 5]
+    head[:, 4] = n - head[:, 4]
+    return head.float()
+
 def _tensor_stats(
     x:torch.Tensor,           # one recorded activation
-    exact:bool,               # Welford M2 and whole-tensor NaN / Inf counts
-)->tuple[torch.Tensor, torch.Tensor]:   # (4,) or (6,) float32 [Σa, Σa² or M2, min, max(, nan, inf)], flattened float view
+    exact:bool,               # Welford M2 instead of Σa²
+    cache:dict,               # scratch tensors, see `_scratch`
+)->tuple[torch.Tensor, torch.Tensor]:   # (6,) float64 [Σa, Σa² or M2, min, max, non-NaN, finite], flattened float view
     "The exact whole-tensor statistics of one activation: reductions only, nothing read back."
     f = x.detach().reshape(-1)
     if f.dtype not in (torch.float32, torch.float64): f = f.float()
     s = f.sum()
     mn, mx = torch.aminmax(f)
-    if not exact: return torch.stack([s, torch.dot(f, f), mn, mx]).float(), f
-    m2 = f.var() * (f.numel() - 1) if f.numel() > 1 else torch.zeros_like(s)
-    bad = [torch.count_nonzero(torch.isnan(f)).to(s.dtype), torch.count_nonzero(torch.isinf(f)).to(s.dtype)]
-    return torch.stack([s, m2, mn, mx] + bad).float(), f
+    if not exact: sq = torch.dot(f, f)
+    else: sq = f.var() * (f.numel() - 1) if f.numel() > 1 else torch.zeros_like(s)
+    return torch.stack([s, sq, mn, mx] + _nonfinite(f, cache)).double(), f
 
 # %% ../nbs/02_activations.ipynb #73490afd
 def _count_index(idx:torch.Tensor, n:int)->torch.Tensor:
@@ -62,13 +97,12 @@ def _count_index(idx:torch.Tensor, n:int)->torch.Tensor:
     return torch.zeros(n, device=idx.device).index_add_(0, idx, torch.ones(idx.shape, device=idx.device))
 
 def _step_rows(
-    head:torch.Tensor,        # (m, 4 or 6) stacked `_tensor_stats` of the step's m tensors
+    head:torch.Tensor,        # (m, 6) stacked `_tensor_stats` of the step's m tensors
     samples:torch.Tensor,     # (m, L) their samples, padded with NaN to a common length L
-    pad:torch.Tensor,         # (m,) how many NaN were padded onto each row
     ranges:torch.Tensor,      # (m,) histogram range r of each tensor
     bins:int, signed:bool, near_zero:float,
 )->torch.Tensor:              # (m, len(_FIELDS) + bins + 2) float32 rows
-    "Histograms, near-zero and NaN / Inf sample counts of all tensors of a step at once."
+    "Histograms and near-zero counts of the samples of all tensors of a step at once, after the whole-tensor `head`."
     m, nb = len(head), bins + 3                                  # + underflow, overflow, and a slot for NaN
     a = samples.abs()
     lo = -ranges if signed else torch.zeros_like(ranges)
@@ -77,8 +111,7 @@ def _step_rows(
     idx += torch.arange(0, m * nb, nb, device=idx.device)[:, None]
     hist = _count_index(idx.view(-1), m * nb).view(m, nb)
     counts = [torch.count_nonzero(c, dim=1).float() for c in (a <= near_zero, samples <= _FASTAI_NEAR_ZERO)]
-    bad = head[:, 4:] if head.shape[1] == 6 else torch.stack([hist[:, -1] - pad, torch.isinf(a).sum(1).float()], 1)
-    return torch.cat([head[:, :4], bad, torch.stack(counts, 1), hist[:, :bins + 2]], 1)
+    return torch.cat([head, torch.stack(counts, 1), hist[:, :bins + 2]], 1)
 
 # %% ../nbs/02_activations.ipynb #539f1b1f
 _COLS = ["step", "n_steps", "count", "mean", "m2", "min", "max", "nan", "inf", "near_zero", "near_zero_fastai", "n_sample"]
@@ -170,17 +203,11 @@ def _finish_rows(
     data:torch.Tensor,        # (slots, streams, F) float32 flushed rows, "sq" = Σa² or M2
     sizes:torch.Tensor,       # (slots, streams, 2) float64: element count, sample size
     exact:bool,
-)->torch.Tensor:              # float64 rows with "sq" = M2 and NaN / Inf as (estimated) whole-tensor counts
+)->torch.Tensor:              # float64 rows with "sq" = M2
     d = data.double()
-    n, m = sizes[..., 0].to(d.device), sizes[..., 1].to(d.device)
     if exact: return d
+    n = sizes[..., 0].to(d.device)
     d[..., 1] = (d[..., 1] - d[..., 0] ** 2 / n.clamp(min=1)).clamp(min=0)      # Σa² -> M2 (NaN stays NaN)
-    mn, mx = d[..., 2], d[..., 3]
-    has_nan = mn.isnan() | mx.isnan()
-    has_inf = (mn == -math.inf) | (mx == math.inf) | (has_nan & (d[..., 5] > 0))
-    scale = n / m.clamp(min=1)
-    for col, present in ((4, has_nan), (5, has_inf)):
-        d[..., col] = torch.where(present, (d[..., col] * scale).round().clamp(min=1), torch.zeros_like(scale))
     return d
 
 # %% ../nbs/02_activations.ipynb #2ac0ff29
@@ -194,6 +221,7 @@ class _Series:
         self.buf, self.slot, self.meta = None, 0, []     # device buffer, next slot, per slot (step, ids, sizes)
         self.inflight = []                               # flushed slots on their way to the host
         self.layouts = {}                                # step layout -> cached device index tensors (made once)
+        self.scratch = {}                                # (device, dtype) -> scratch tensor for the NaN / Inf counts
         self._reset()
 
     def _reset(self): self.heads, self.samples, self.step_ids, self.step_sizes = [], [], [], []
@@ -211,7 +239,7 @@ class _Series:
             sid = self.ids[name] = len(self.names)
             self.names.append(name); self.ranges.append(None)
             self.points.append(_Points(len(_COLS) + self.cfg.bins + 2, self.cfg.max_points))
-        head, f = _tensor_stats(x, self.cfg.exact)
+        head, f = _tensor_stats(x, self.cfg.exact, self.scratch)
         if self.ranges[sid] is None: self.ranges[sid] = self._first_range(head)
         smp = _sample(f, None if self.cfg.exact else self.cfg.sample)
         self.heads.append(head); self.samples.append(smp)
@@ -224,23 +252,24 @@ class _Series:
         return r
 
     def _layout(self, device)->tuple:
-        "Device tensors for this step's (streams, sample sizes), cached: the layout rarely changes."
-        key = (tuple(self.step_ids), tuple(m for _, m in self.step_sizes), device)
+        "Device index and element counts of this step's streams, cached: the layout rarely changes."
+        key = (tuple(self.step_ids), tuple(n for n, _ in self.step_sizes), device)
         if key not in self.layouts:
-            sizes = [m for _, m in self.step_sizes]
-            pad = torch.tensor([max(sizes) - m for m in sizes], dtype=torch.float32, device=device)
+            if len(self.layouts) >= 256: self.layouts.clear()   # input sizes that keep changing: bounded cache
             ids = torch.tensor(self.step_ids, device=device)
-            self.layouts[key] = (pad, ids, self.step_ids == list(range(len(self.step_ids))))
+            n = torch.tensor([n for n, _ in self.step_sizes], dtype=torch.float64, device=device)
+            self.layouts[key] = (ids, self.step_ids == list(range(len(self.step_ids))), n)
         return self.layouts[key]
 
     def end(self):
         "The root forward ended: compute the step's rows and write them into the buffer."
         if not self.heads: return
         head = torch.stack(self.heads)
-        pad, ids, in_order = self._layout(head.device)
+        ids, in_order, n_el = self._layout(head.device)
+        head = _step_counts(head, n_el)
         samples = torch.nn.utils.rnn.pad_sequence(self.samples, batch_first=True, padding_value=math.nan)
         ranges = torch.stack([self.ranges[i] for i in self.step_ids]).to(head.device)
-        rows = _step_rows(head, samples, pad, ranges, self.cfg.bins, self.cfg.hist_mode == "signed", self.cfg.near_zero)
+        rows = _step_rows(head, samples, ranges, self.cfg.bins, self.cfg.hist_mode == "signed", self.cfg.near_zero)
         n = len(self.names)
         if self.buf is None or self.buf.shape[1] < n or self.buf.device != rows.device: self._grow(n, rows)
         if in_order: self.buf[self.slot, :len(rows)] = rows
@@ -297,8 +326,9 @@ class _Series:
 
     @property
     def nbytes(self)->int:
-        "Bytes held: host points plus the device buffer."
-        return sum(p.nbytes for p in self.points) + (self.buf.nbytes if self.buf is not None else 0)
+        "Bytes held: host points, the device buffer and the scratch tensor of the NaN / Inf counts."
+        return (sum(p.nbytes for p in self.points) + (self.buf.nbytes if self.buf is not None else 0)
+                + sum(t.nbytes for t in self.scratch.values()))
 
 # %% ../nbs/02_activations.ipynb #f35c1a7a
 _HIST_MODES = ("abs", "signed")
@@ -348,9 +378,10 @@ class ActivationStats:
         return self
 
     def stop(self):
-        "Remove the hooks and flush everything to the host."
+        "Remove the hooks, free the scratch tensors and flush everything to the host."
         for h in self._hooks: h.remove()
         self._hooks, self._active = [], None
+        for s in self.series.values(): s.scratch.clear()
         self.flush()
 
     def __enter__(self): return self.start()
