@@ -12,20 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models import to_device
+
 BETA = 0.98  # smoothing of fastai's Recorder / AvgSmoothLoss
 
 # %% auto #0
 __all__ = ['BETA', 'SUGGESTIONS', 'training_state', 'same_state', 'StateSnapshot', 'smooth_losses', 'suggestion_curve', 'valley',
            'slide', 'steep', 'minimum', 'suggest', 'lr_schedule', 'LRFindResult', 'lr_find']
-
-# %% ../nbs/05_lr_find.ipynb #c474b827
-def _to_device(b, device:torch.device):
-    "Move the tensors inside a batch (nested tuples, namedtuples, lists, dicts) to `device`; other leaves unchanged."
-    if torch.is_tensor(b): return b.to(device, non_blocking=True)
-    if isinstance(b, dict): return {k: _to_device(v, device) for k, v in b.items()}
-    if isinstance(b, tuple) and hasattr(b, "_fields"): return type(b)(*(_to_device(v, device) for v in b))
-    if isinstance(b, (tuple, list)): return type(b)(_to_device(v, device) for v in b)
-    return b
 
 # %% ../nbs/05_lr_find.ipynb #b386d92a
 def _loss_terms(out, weights:dict|None, where:str)->tuple:
@@ -326,7 +319,7 @@ def _train_step(run:_Run, model:nn.Module, batches, lrs:list)->tuple:
     run.opt.zero_grad()
     losses, comps = [], []
     for _ in range(run.accumulation_steps):
-        batch = _to_device(next(batches), run.device)
+        batch = to_device(next(batches), run.device)
         with torch.autocast(run.device.type, **run.autocast) if run.autocast else contextlib.nullcontext():
             loss, parts = _loss_terms(run.step(batch), run.weights, run.where)
         back = loss / run.accumulation_steps if run.accumulation_steps > 1 else loss
