@@ -93,3 +93,16 @@ def test_default_box_generator_equal(data, clip, steps):
     a = anchors_from_generator(gen, (H, W), grids)
     assert torch.equal(a.boxes(), ref)
     _check(a, data.draw(gt_boxes(H, W)))
+
+
+def test_stride_zero_level_and_zero_area_gt():
+    """Regression (found by hypothesis in CI): a feature map wider than the input gets stride 0 from torchvision's integer
+    division; best_iou must still return a valid anchor index, also for a zero-area GT."""
+    gen = AnchorGenerator(((4,), (4,)), ((1.0,), (1.0,)))
+    grids = [(1, 17), (1, 1)]
+    ref = gen(ImageList(torch.zeros(1, 3, 16, 16), [(16, 16)]), [torch.zeros(1, 1, *g) for g in grids])[0]
+    a = anchors_from_generator(gen, (16, 16), grids)
+    assert torch.equal(a.boxes(), ref)
+    for gt in (torch.tensor([[0., 0, 0, 0]]), torch.tensor([[0., 0, 5, 6], [3., 2, 9, 15]])):
+        _check(a, gt)
+        assert (best_iou(a, gt).index >= 0).all()

@@ -267,7 +267,9 @@ def _axis_candidates(lo:Tensor, hi:Tensor, s0:Tensor, s1:Tensor, n:int, stride:f
     else:          # cells next to every kink: anchor edge crossing a GT edge or an image border
         edges = torch.stack([lo, hi, torch.zeros_like(lo), torch.full_like(lo, size)], -1)   # (G, 4)
         kinks = torch.cat([edges[:, None, :] - s0[None, :, None], edges[:, None, :] - s1[None, :, None]], -1)
-    f = ((kinks - off) / stride).floor()
+    # stride 0 happens when a feature map is wider than the input (torchvision divides integers: 16 // 17 = 0):
+    # every cell along this axis then has the same centre, so cell 0 stands for all of them
+    f = ((kinks - off) / stride).floor() if stride > 0 else torch.zeros_like(kinks)
     cand = torch.cat([f, f + 1], -1)
     if clip: cand = torch.cat([cand, torch.zeros_like(cand[..., :1]), torch.full_like(cand[..., :1], n - 1)], -1)
     return cand.clamp(0, n - 1).long()
