@@ -55,9 +55,10 @@ def plain_loop(args):
         times = {k: [] for k in runs}
         for _ in range(args.rounds):
             for k in order: times[k].append(step(k))
-        base_t = st.median(times["plain"])
+        base_t, base_m = st.median(times["plain"]), st.mean(times["plain"])
         print(f"  repeat {r}: plain {1e3 * base_t:.1f} ms/step; " +
-              ", ".join(f"{k} {st.median(v) / base_t:.3f}x" for k, v in times.items() if k != "plain"), flush=True)
+              ", ".join(f"{k} {st.median(v) / base_t:.3f}x (mean {st.mean(v) / base_m:.3f}x)"
+                        for k, v in times.items() if k != "plain"), flush=True)
     for s in stats.values(): s.stop()
     return stats
 
@@ -101,9 +102,11 @@ def fastai_runs(args):
                 learn = learns[k][0]
                 with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
         med = {k: st.median(t.times) for k, (_, t) in learns.items()}
-        base_t = med["fastai plain"]
+        mean = {k: st.mean(t.times) for k, (_, t) in learns.items()}
+        base_t, base_m = med["fastai plain"], mean["fastai plain"]
         print(f"  repeat {r}: fastai plain {1e3 * base_t:.1f} ms/batch; " +
-              ", ".join(f"{k} {v / base_t:.3f}x" for k, v in med.items() if k != "fastai plain"), flush=True)
+              ", ".join(f"{k} {v / base_t:.3f}x (mean {mean[k] / base_m:.3f}x)" for k, v in med.items()
+                        if k != "fastai plain"), flush=True)
         for _, t in learns.values(): t.times = []
 
 
@@ -139,7 +142,7 @@ if __name__ == "__main__":
     if args.clock == "process": CLOCK = time.process_time
     if args.threads: torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, batch {args.batch}, {args.size} px, "
-          "4-block conv+BN+ReLU CNN; ratios = median step time / plain median step time")
+          "4-block conv+BN+ReLU CNN; ratios = median step time / plain median step time (mean / mean in brackets: includes flushes and batched histograms)")
     print("plain loop (A/B/C/C/B/A interleaved):")
     plain_loop(args)
     if not args.skip_fastai:

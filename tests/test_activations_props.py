@@ -7,7 +7,7 @@ from weldiag.activations import ActivationStats
 
 
 class Emit(nn.Module):
-    "Returns the next prepared tensor on each forward (with a parameter, so the default module selection picks it)."
+    "Returns the next prepared output on each forward (with a parameter, so the default module selection picks it)."
     def __init__(self, tensors):
         super().__init__()
         self.w, self.tensors, self.i = nn.Parameter(torch.ones(())), tensors, 0
@@ -59,3 +59,44 @@ def test_memory_bounded():
         held[steps] = stats.nbytes
         assert stats.to_frame().n_steps.sum() == 2 * steps
     assert held[6_000] <= 1.5 * held[300], held
+
+
+def _ref_row(t, r, bins=40, near_zero=1e-2):
+    "Near-zero counts and signed histogram of one whole tensor, binned the way the package documents it."
+    lo = -r
+    idx = ((t - lo) * (bins / (r - lo))).floor().clamp(-1, bins).add(1).long()
+    hist = torch.bincount(idx, minlength=bins + 2).double()
+    return torch.cat([torch.tensor([(t.abs() <= near_zero).sum(), (t <= 0.05).sum()], dtype=torch.float64), hist])
+
+
+@settings(max_examples=25, deadline=None)
+@given(steps=st.integers(2, 25), n_keys=st.integers(1, 12), flush_every=st.integers(1, 9),
+       batch=st.integers(1, 2_000), seed=st.integers(0, 10_000))
+def test_batched_histograms_land_in_their_step(steps, n_keys, flush_every, batch, seed):
+    "Histograms computed for several steps at once (`_HIST_BATCH`) go to the right (step, stream), whatever the layout."
+    import weldiag.activations as A
+    saved, A._HIST_BATCH = A._HIST_BATCH, batch
+    try: _check_batched(steps, n_keys, flush_every, seed)
+    finally: A._HIST_BATCH = saved
+
+
+def _check_batched(steps, n_keys, flush_every, seed):
+    g = torch.Generator().manual_seed(seed)
+    plan = []
+    for i in range(steps):
+        keys = [k for k in range(n_keys) if torch.rand((), generator=g) < 0.6] or [i % n_keys]
+        keys = [keys[j] for j in torch.randperm(len(keys), generator=g).tolist()]       # changing order
+        plan.append({f"k{k}": torch.randn(int(torch.randint(1, 200, (), generator=g)), generator=g) * 2 for k in keys})
+    m = nn.Sequential(Emit(plan))   # each step returns a dict: streams appear late, skip steps, change order
+    with ActivationStats(m, hist_range=3.0, hist="signed", flush_every=flush_every) as stats, torch.no_grad():
+        for _ in plan: m(torch.zeros(1))
+    seen = 0
+    for name, pts in stats._points().items():
+        key = name.split("'")[1]
+        for row in pts:
+            step = int(row[0]); t = plan[step][key]
+            assert row[2] == t.numel()
+            got = torch.cat([row[9:11], row[12:]])     # near_zero, near_zero_fastai, then the histogram with its 2 end bins
+            assert torch.equal(got, _ref_row(t, 3.0)), (name, step)
+            seen += 1
+    assert seen == sum(len(p) for p in plan)

@@ -41,7 +41,7 @@ def _first_range(mn:torch.Tensor, mx:torch.Tensor)->torch.Tensor:
     return torch.where(torch.isfinite(r) & (r > 0), r, torch.ones_like(r))
 
 # %% ../nbs/02_activations.ipynb #7f970c31
-_EXACT_ONES = 2 ** 24       # float32 sums of ones are exact up to here (every partial sum is an integer ≤ 2**24)
+_EXACT_ONES = 2 ** 24       # float32 sums of zeros and ones are exact up to here (every partial sum is an integer ≤ 2**24)
 
 def _scratch(
     cache:dict,               # (device, dtype) -> (1-d scratch tensor grown on demand, 0-d one)
@@ -56,39 +56,35 @@ def _scratch(
 def _nonfinite(
     f:torch.Tensor,           # flattened float activations
     cache:dict,               # scratch tensors (see `_scratch`): reused, nothing allocated per call
-)->list[torch.Tensor]:        # [non-NaN count, finite count], exact 0-d tensors (`_step_counts` makes NaN / Inf counts)
-    "How many elements of `f` are not NaN, and how many are finite, from two NaN-ignoring sums (no boolean temporaries)."
-    n = f.numel()
-    if n > _EXACT_ONES:       # too many elements for exact float32 sums of ones: boolean counts in float64 (slower)
-        not_nan = n - torch.count_nonzero(torch.isnan(f)).double()
-        return [not_nan, not_nan - torch.count_nonzero(torch.isinf(f)).double()]
+)->list[torch.Tensor]:        # [NaN count, finite count], exact 0-d tensors (`_step_counts` makes the Inf count)
+    "How many elements of `f` are NaN and how many are finite: one float comparison and one NaN-ignoring sum."
+    if f.numel() > _EXACT_ONES:   # too many elements for exact float32 sums of ones: boolean counts in float64 (slower)
+        nan = torch.isnan(f).sum(dtype=torch.float64)
+        return [nan, f.numel() - nan - torch.isinf(f).sum(dtype=torch.float64)]
     tmp, one = _scratch(cache, f)
-    not_nan = torch.nansum(torch.clamp(f, 1., 1., out=tmp))      # clamp keeps NaN and maps every other value to 1
-    finite = torch.nansum(torch.add(one, f, alpha=0, out=tmp))   # 1 + 0·a: NaN exactly where a is NaN or ±Inf
-    return [not_nan, finite]
+    nan = torch.ne(f, f, out=tmp).sum()                          # a ≠ a only for NaN; written as 0. / 1.
+    finite = torch.add(one, f, alpha=0, out=tmp).nansum()        # 1 + 0·a: NaN exactly where a is NaN or ±Inf
+    return [nan, finite]
 
 def _step_counts(
-    head:torch.Tensor,        # (m, 6) float64 stacked `_tensor_stats`: columns 4, 5 = non-NaN and finite counts
+    head:torch.Tensor,        # (m, 6) float64 stacked `_tensor_stats`: columns 4, 5 = NaN and finite counts
     n:torch.Tensor,           # (m,) float64 element counts
 )->torch.Tensor:              # (m, 6) float32, columns 4, 5 = NaN and ±Inf counts
-    "Turn the non-NaN / finite counts of a step's tensors into NaN / Inf counts, all tensors at once."
-    head[:, 5] = head[:, 4] - head[:, 5]
-    head[:, 4] = n - head[:, 4]
+    "Turn the finite counts of a step's tensors into Inf counts, all tensors at once."
+    head[:, 5] = n - head[:, 4] - head[:, 5]
     return head.float()
 
 def _tensor_stats(
     x:torch.Tensor,           # one recorded activation
     exact:bool,               # Welford M2 instead of Σa²
     cache:dict,               # scratch tensors, see `_scratch`
-)->tuple[torch.Tensor, torch.Tensor]:   # (6,) float64 [Σa, Σa² or M2, min, max, non-NaN, finite], flattened float view
-    "The exact whole-tensor statistics of one activation: reductions only, nothing read back."
+)->tuple[list[torch.Tensor], torch.Tensor]:   # 6 0-d tensors [Σa, Σa² or M2, min, max, NaN, finite], flattened float view
+    "The exact whole-tensor statistics of one activation: reductions only, nothing read back, nothing stacked yet."
     f = x.detach().reshape(-1)
     if f.dtype not in (torch.float32, torch.float64): f = f.float()
-    s = f.sum()
-    mn, mx = torch.aminmax(f)
     if not exact: sq = torch.dot(f, f)
-    else: sq = f.var() * (f.numel() - 1) if f.numel() > 1 else torch.zeros_like(s)
-    return torch.stack([s, sq, mn, mx] + _nonfinite(f, cache)).double(), f
+    else: sq = f.var() * (f.numel() - 1) if f.numel() > 1 else f.sum() * 0
+    return [f.sum(), sq, f.amin(), f.amax()] + _nonfinite(f, cache), f
 
 # %% ../nbs/02_activations.ipynb #73490afd
 def _count_index(idx:torch.Tensor, n:int)->torch.Tensor:
@@ -96,22 +92,22 @@ def _count_index(idx:torch.Tensor, n:int)->torch.Tensor:
     if idx.device.type == "cpu": return torch.bincount(idx, minlength=n).float()
     return torch.zeros(n, device=idx.device).index_add_(0, idx, torch.ones(idx.shape, device=idx.device))
 
-def _step_rows(
-    head:torch.Tensor,        # (m, 6) stacked `_tensor_stats` of the step's m tensors
-    samples:torch.Tensor,     # (m, L) their samples, padded with NaN to a common length L
+def _sample_rows(
+    samples:torch.Tensor,     # (m, L) samples of m tensors (of one or more steps), padded with NaN to a common length L
     ranges:torch.Tensor,      # (m,) histogram range r of each tensor
     bins:int, signed:bool, near_zero:float,
-)->torch.Tensor:              # (m, len(_FIELDS) + bins + 2) float32 rows
-    "Histograms and near-zero counts of the samples of all tensors of a step at once, after the whole-tensor `head`."
-    m, nb = len(head), bins + 3                                  # + underflow, overflow, and a slot for NaN
+)->torch.Tensor:              # (m, 2 + bins + 2) float32: near-zero counts, fastai near-zero counts, histogram
+    "Near-zero counts and histograms (with under- and overflow bins) of many samples at once."
+    m, nb = len(samples), bins + 3                               # + underflow, overflow, and a slot for NaN
     a = samples.abs()
-    lo = -ranges if signed else torch.zeros_like(ranges)
-    idx = ((samples if signed else a) - lo[:, None]).mul_((bins / (ranges - lo))[:, None])
-    idx = torch.nan_to_num_(idx.floor_().clamp_(-1, bins).add_(1), nan=bins + 2).long()
-    idx += torch.arange(0, m * nb, nb, device=idx.device)[:, None]
+    tmp = torch.empty_like(a)                                    # comparisons written as 0. / 1. and summed: float
+    counts = [torch.le(x, t, out=tmp).sum(1) for x, t in ((a, near_zero), (samples, _FASTAI_NEAR_ZERO))]  # passes are
+    lo = -ranges if signed else torch.zeros_like(ranges)                                                # fastest on CPU
+    idx = torch.sub(samples if signed else a, lo[:, None], out=tmp).mul_((bins / (ranges - lo))[:, None])
+    idx = torch.nan_to_num_(idx.floor_().clamp_(-1, bins).add_(1), nan=bins + 2).int()   # 0 under, bins+1 over, NaN
+    idx += torch.arange(0, m * nb, nb, device=idx.device, dtype=idx.dtype)[:, None]    # row i's bins at i·nb
     hist = _count_index(idx.view(-1), m * nb).view(m, nb)
-    counts = [torch.count_nonzero(c, dim=1).float() for c in (a <= near_zero, samples <= _FASTAI_NEAR_ZERO)]
-    return torch.cat([head, torch.stack(counts, 1), hist[:, :bins + 2]], 1)
+    return torch.cat([torch.stack(counts, 1), hist[:, :bins + 2]], 1)
 
 # %% ../nbs/02_activations.ipynb #539f1b1f
 _COLS = ["step", "n_steps", "count", "mean", "m2", "min", "max", "nan", "inf", "near_zero", "near_zero_fastai", "n_sample"]
@@ -211,6 +207,8 @@ def _finish_rows(
     return d
 
 # %% ../nbs/02_activations.ipynb #2ac0ff29
+_HIST_BATCH = 2 ** 16       # sample elements that wait for one batched histogram call (256 kB of float32: stays in cache)
+
 class _Series:
     "Streams, device buffer and host points of one series of forwards (training or evaluation)."
     def __init__(self, cfg:"ActivationStats", reduce:bool):
@@ -219,12 +217,13 @@ class _Series:
         self.points: list[_Points] = []
         self.n_forwards = 0                              # forwards seen (Python int)
         self.buf, self.slot, self.meta = None, 0, []     # device buffer, next slot, per slot (step, ids, sizes)
+        self.pend, self.pend_size = [], 0                # steps waiting for their histograms, their sample elements
         self.inflight = []                               # flushed slots on their way to the host
         self.layouts = {}                                # step layout -> cached device index tensors (made once)
         self.scratch = {}                                # (device, dtype) -> scratch tensor for the NaN / Inf counts
         self._reset()
 
-    def _reset(self): self.heads, self.samples, self.step_ids, self.step_sizes = [], [], [], []
+    def _reset(self): self.vals, self.samples, self.step_ids, self.step_sizes = [], [], [], []
 
     def begin(self)->bool:
         "A root forward starts; True if this step is recorded."
@@ -233,60 +232,73 @@ class _Series:
         return (self.n_forwards - 1) % self.cfg.every == 0
 
     def add(self, name:str, x:torch.Tensor):
-        "Record one tensor of the current step (whole-tensor reductions now, the sample for the end of the step)."
+        "Record one tensor of the current step (whole-tensor reductions now, the sample for a later batched histogram)."
         sid = self.ids.get(name)
         if sid is None:
             sid = self.ids[name] = len(self.names)
             self.names.append(name); self.ranges.append(None)
             self.points.append(_Points(len(_COLS) + self.cfg.bins + 2, self.cfg.max_points))
-        head, f = _tensor_stats(x, self.cfg.exact, self.scratch)
-        if self.ranges[sid] is None: self.ranges[sid] = self._first_range(head)
+        vals, f = _tensor_stats(x, self.cfg.exact, self.scratch)
+        if self.ranges[sid] is None: self.ranges[sid] = self._first_range(vals[2], vals[3])
         smp = _sample(f, None if self.cfg.exact else self.cfg.sample)
-        self.heads.append(head); self.samples.append(smp)
+        self.vals += vals; self.samples.append(smp)
         self.step_ids.append(sid); self.step_sizes.append((x.numel(), smp.numel()))
 
-    def _first_range(self, head:torch.Tensor)->torch.Tensor:
-        r = (_first_range(head[2], head[3]) if self.cfg.hist_range is None
-             else torch.full((), float(self.cfg.hist_range), device=head.device))
+    def _first_range(self, mn:torch.Tensor, mx:torch.Tensor)->torch.Tensor:
+        r = (_first_range(mn, mx) if self.cfg.hist_range is None
+             else torch.full((), float(self.cfg.hist_range), device=mn.device))
         if self.reduce and _ddp_world() > 1: dist.all_reduce(r, op=dist.ReduceOp.MAX)  # one range for all ranks
         return r
 
     def _layout(self, device)->tuple:
-        "Device index and element counts of this step's streams, cached: the layout rarely changes."
+        "Device index, element counts and histogram ranges of this step's streams, cached: the layout rarely changes."
         key = (tuple(self.step_ids), tuple(n for n, _ in self.step_sizes), device)
         if key not in self.layouts:
             if len(self.layouts) >= 256: self.layouts.clear()   # input sizes that keep changing: bounded cache
             ids = torch.tensor(self.step_ids, device=device)
             n = torch.tensor([n for n, _ in self.step_sizes], dtype=torch.float64, device=device)
-            self.layouts[key] = (ids, self.step_ids == list(range(len(self.step_ids))), n)
+            ranges = torch.stack([self.ranges[i] for i in self.step_ids]).to(device)
+            self.layouts[key] = (ids, self.step_ids == list(range(len(self.step_ids))), n, ranges)
         return self.layouts[key]
 
     def end(self):
-        "The root forward ended: compute the step's rows and write them into the buffer."
-        if not self.heads: return
-        head = torch.stack(self.heads)
-        ids, in_order, n_el = self._layout(head.device)
-        head = _step_counts(head, n_el)
-        samples = torch.nn.utils.rnn.pad_sequence(self.samples, batch_first=True, padding_value=math.nan)
-        ranges = torch.stack([self.ranges[i] for i in self.step_ids]).to(head.device)
-        rows = _step_rows(head, samples, ranges, self.cfg.bins, self.cfg.hist_mode == "signed", self.cfg.near_zero)
+        "The root forward ended: write the step's whole-tensor statistics into the buffer; queue its samples."
+        if not self.vals: return
+        ids, in_order, n_el, ranges = self._layout(self.vals[0].device)
+        head = _step_counts(torch.stack(self.vals).view(-1, 6).double(), n_el)   # (m, 6): one stack for all streams
         n = len(self.names)
-        if self.buf is None or self.buf.shape[1] < n or self.buf.device != rows.device: self._grow(n, rows)
-        if in_order: self.buf[self.slot, :len(rows)] = rows
-        else: self.buf[self.slot, ids] = rows
+        if self.buf is None or self.buf.shape[1] < n or self.buf.device != head.device: self._grow(n, head.device)
+        if in_order: self.buf[self.slot, :len(head), :6] = head
+        else: self.buf[self.slot, ids, :6] = head
+        self.pend.append((self.slot, self.step_ids, self.samples, ranges))
+        self.pend_size += sum(s for _, s in self.step_sizes)
         self.meta.append((self.n_forwards - 1, self.step_ids, self.step_sizes))
         self._reset()
         self.slot += 1
+        if self.pend_size >= _HIST_BATCH: self._histograms()
         if self.slot == self.cfg.flush_every: self.flush()
 
-    def _grow(self, n:int, rows:torch.Tensor):
+    def _histograms(self):
+        "Near-zero counts and histograms of all waiting steps' samples in one batch, written into their buffer slots."
+        if not self.pend: return
+        samples = [s for _, _, smp, _ in self.pend for s in smp]
+        padded = torch.nn.utils.rnn.pad_sequence(samples, batch_first=True, padding_value=math.nan)
+        ranges = torch.cat([r for *_, r in self.pend]).to(padded.device)
+        rows = _sample_rows(padded, ranges, self.cfg.bins, self.cfg.hist_mode == "signed", self.cfg.near_zero)
+        S, F = self.buf.shape[1:]
+        flat = torch.tensor([slot * S + i for slot, ids, _, _ in self.pend for i in ids], device=self.buf.device)
+        self.buf.view(-1, F)[flat, 6:] = rows.to(self.buf.device)    # rows of the (slot, stream) pairs
+        self.pend, self.pend_size = [], 0
+
+    def _grow(self, n:int, device):
         "(Re)allocate the buffer for `n` streams (new streams appeared), keeping filled slots."
-        new = torch.zeros(self.cfg.flush_every, max(n, 8), rows.shape[1], device=rows.device)
-        if self.buf is not None: new[:self.slot, :self.buf.shape[1]] = self.buf[:self.slot].to(rows.device)
+        new = torch.zeros(self.cfg.flush_every, max(n, 8), len(_FIELDS) + self.cfg.bins + 2, device=device)
+        if self.buf is not None: new[:self.slot, :self.buf.shape[1]] = self.buf[:self.slot].to(device)
         self.buf = new
 
     def flush(self, block:bool=False):
         "Send the filled slots to the host (reduced over ranks under DDP); with `block`, wait and process them all."
+        self._histograms()
         if self.slot:
             data = self.buf[:self.slot, :len(self.names)]
             sizes = torch.zeros(self.slot, len(self.names), 2, dtype=torch.float64)

@@ -53,6 +53,7 @@ def walk_outputs(
     max_depth:int=16,         # containers nested deeper than this are skipped (and counted), guarding against cycles
 )->Walked:                    # `(name, tensor)` pairs in a stable order, with `.skipped` non-tensor leaves
     "Flatten a nested module output into named tensors; non-tensor leaves are skipped and counted."
+    if isinstance(obj, torch.Tensor): return Walked([(prefix, obj)])      # the common case, once per hook call
     out, skipped, seen = [], [], set()
     def visit(o, name, depth):
         if isinstance(o, torch.Tensor): return out.append((name, o))
