@@ -2,13 +2,15 @@
 
 Plain loop: three identical CNNs (same init, same batch), A plain, B weldiag defaults, C weldiag exact mode; their training
 steps are interleaved A B C C B A ... so that machine noise hits all of them alike, and each ratio is the median step time
-of B (or C) over the median of A. fastai: three Learners on the same model and data, plain / fastai `ActivationStats
+of B (or C) over the median of A. Each turn is a burst of `--burst` consecutive steps of one model of which all but the
+first are timed, so that every timed step follows a step of the same model, as in a real training loop (with single
+steps, A and C would sometimes follow themselves, warm, and B never would: a bias against B of a few percent here). fastai: three Learners on the same model and data, plain / fastai `ActivationStats
 (with_hist=True)` / weldiag `ActivationStatsCallback`; one-epoch fits interleaved the same way, per-training-batch times
 taken by a callback (validation excluded). Everything is repeated `--repeats` times and each repeat's ratio printed.
 
 Memory: `--memory` runs a tiny model for 2,000 and for 100,000 recorded steps and prints the bytes the statistics hold.
 
-    python bench/activation_overhead.py [--rounds 15] [--repeats 3] [--batch 32] [--size 64] [--memory]
+    python bench/activation_overhead.py [--rounds 15] [--repeats 3] [--burst 2] [--batch 32] [--size 64] [--memory]
                                         [--clock wall|process] [--threads N] [--skip-fastai]
 """
 import argparse
@@ -54,7 +56,10 @@ def plain_loop(args):
     for r in range(args.repeats):
         times = {k: [] for k in runs}
         for _ in range(args.rounds):
-            for k in order: times[k].append(step(k))
+            for k in order:
+                for i in range(args.burst):
+                    t = step(k)
+                    if i or args.burst == 1: times[k].append(t)
         base_t, base_m = st.median(times["plain"]), st.mean(times["plain"])
         print(f"  repeat {r}: plain {1e3 * base_t:.1f} ms/step; " +
               ", ".join(f"{k} {st.median(v) / base_t:.3f}x (mean {st.mean(v) / base_m:.3f}x)"
@@ -130,6 +135,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds per repeat (plain loop)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--burst", type=int, default=2, help="consecutive steps per turn (plain loop); the first is not timed")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--fastai-batches", type=int, default=5, help="training batches per fastai fit")
@@ -143,7 +149,7 @@ if __name__ == "__main__":
     if args.threads: torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, batch {args.batch}, {args.size} px, "
           "4-block conv+BN+ReLU CNN; ratios = median step time / plain median step time (mean / mean in brackets: includes flushes and batched histograms)")
-    print("plain loop (A/B/C/C/B/A interleaved):")
+    print(f"plain loop (A/B/C/C/B/A interleaved, bursts of {args.burst} steps, first of each not timed):")
     plain_loop(args)
     if not args.skip_fastai:
         print("fastai Learner (one-epoch fits interleaved, training batches timed):")
