@@ -4,7 +4,7 @@ Plain loop: three identical CNNs (same init, same batch), A plain, B weldiag def
 steps are interleaved A B C C B A ... so that machine noise hits all of them alike, and each ratio is the median step time
 of B (or C) over the median of A. Each turn is a burst of `--burst` consecutive steps of one model of which all but the
 first are timed, so that every timed step follows a step of the same model, as in a real training loop (with single
-steps, A and C would sometimes follow themselves, warm, and B never would: a bias against B of a few percent here). fastai: three Learners on the same model and data, plain / fastai `ActivationStats
+steps, A and C would sometimes follow themselves, warm, and B never would). fastai: three Learners on the same model and data, plain / fastai `ActivationStats
 (with_hist=True)` / weldiag `ActivationStatsCallback`; one-epoch fits interleaved the same way, per-training-batch times
 taken by a callback (validation excluded). Everything is repeated `--repeats` times and each repeat's ratio printed.
 
