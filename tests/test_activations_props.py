@@ -100,3 +100,68 @@ def _check_batched(steps, n_keys, flush_every, seed):
             assert torch.equal(got, _ref_row(t, 3.0)), (name, step)
             seen += 1
     assert seen == sum(len(p) for p in plan)
+
+
+def test_c_kernel_is_built():
+    "On a machine with a C compiler the fast path must be there (else the benchmarks would measure the fallback)."
+    import shutil
+    import weldiag.activations as A
+    if shutil.which("cc") is None and shutil.which("gcc") is None: return
+    assert A._cstats is not None, "weldiag._cstats was not built: run `pip install -e .` with a C compiler"
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 20_000), min_size=1, max_size=4), steps=st.integers(2, 4),
+       signed=st.booleans(), sample=st.sampled_from([7, 100, 4096]), scale=st.sampled_from([1e-3, 1.0, 50.0]),
+       bad=st.integers(0, 3), seed=st.integers(0, 10_000))
+def test_c_kernel_matches_torch_path(sizes, steps, signed, sample, scale, bad, seed):
+    "The C fast path writes the same rows as the torch path: counts, min, max, near-zero and histograms exactly."
+    import weldiag.activations as A
+    if A._cstats is None: return
+    g = torch.Generator().manual_seed(seed)
+    plan = []
+    for i in range(steps):
+        out = {}
+        for j, n in enumerate(sizes):
+            t = torch.randn(n, generator=g) * scale
+            t[torch.randint(0, n, (bad,), generator=g)] = float("nan")                  # NaN and ±Inf, counted exactly
+            t[torch.randint(0, n, (bad // 2,), generator=g)] = float("inf") * (-1) ** i
+            if j % 2: t = t.relu()                                                     # exact zeros: near-zero edge
+            out[f"s{j}"] = t
+        plan.append(out)
+    frames, hists, kernel = [], [], _Counting(A._cstats)
+    for fast in (True, False):
+        saved, A._FAST, A._cstats = (A._FAST, A._cstats), fast, kernel
+        try: stats = _run_plan(plan, hist="signed" if signed else "abs", sample=sample)
+        finally: A._FAST, A._cstats = saved
+        frames.append(stats.to_frame()); hists.append({n: stats.hist(n, overflow=True) for n in stats.layers()})
+    assert kernel.calls == (steps - 1) * len(sizes)        # every step after a stream's first took the C path
+    a, b = frames
+    for c in ("layer", "step", "count", "nan", "inf", "near_zero", "near_zero_fastai"):
+        assert a[c].tolist() == b[c].tolist(), c
+    for c in ("min", "max"):
+        torch.testing.assert_close(torch.tensor(a[c].values), torch.tensor(b[c].values), rtol=0, atol=0, equal_nan=True)
+    # mean and variance: both paths sum in float32 lanes (different orders), so they agree to float32 precision of the
+    # sums: 1e-5 of the rms for the mean and of the mean square for the variance (a few-element std can differ more)
+    fin = a["mean"].notna() & a["std"].notna() & (a.nan + a.inf == 0)
+    assert (fin == (b["mean"].notna() & b["std"].notna() & (b.nan + b.inf == 0))).all()
+    a, b = a[fin], b[fin]
+    ms = torch.tensor((b["mean"] ** 2 + b["std"] ** 2).values)
+    assert ((torch.tensor(a["mean"].values) - torch.tensor(b["mean"].values)).abs() <= 1e-5 * ms.sqrt() + 1e-30).all()
+    assert ((torch.tensor(a["std"].values) ** 2 - torch.tensor(b["std"].values) ** 2).abs() <= 1e-5 * ms + 1e-30).all()
+    for n in hists[0]: assert torch.equal(hists[0][n], hists[1][n]), n
+
+
+class _Counting:
+    "Stands in for the C module and counts its calls."
+    def __init__(self, mod): self.mod, self.calls = mod, 0
+    def row(self, *args):
+        self.calls += 1
+        return self.mod.row(*args)
+
+
+def _run_plan(plan, **kw):
+    m = nn.Sequential(Emit(plan))
+    with ActivationStats(m, **kw) as stats, torch.no_grad():
+        for _ in plan: m(torch.zeros(1))
+    return stats

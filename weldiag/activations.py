@@ -17,6 +17,9 @@ from torch import nn
 
 from .hooks import Hooks, select_modules, walk_outputs
 
+try: from weldiag import _cstats      # the optional C fast path for CPU tensors (weldiag/_cstats.c), see below
+except ImportError: _cstats = None
+
 # %% auto #0
 __all__ = ['ActivationStats', 'compare_runs', 'ActivationStatsCallback']
 
@@ -25,13 +28,22 @@ _FIELDS = ["sum", "sq", "min", "max", "nan", "inf", "near_zero", "near_zero_fast
 # "sq" is Σa² (default) or M2 = Σ(a - mean)² (exact=True); "nan" / "inf" are exact whole-tensor counts in both modes
 _FASTAI_NEAR_ZERO = 0.05    # fastai's ActivationStats: `o <= 0.05`
 
+def _sample_stride(
+    n:int,                    # elements in the tensor
+    size:int|None,            # at most this many in the sample; None = all
+)->tuple[int, int]:           # stride k (odd) and sample length m = ceil(n / k) <= size
+    "The documented strided sample: every k-th element, k rounded up to an odd number."
+    if size is None or n <= size: return 1, n
+    k = -(-n // size) | 1
+    return k, -(-n // k)
+
 def _sample(
     f:torch.Tensor,           # flattened float activations
     size:int|None,            # at most this many elements; None = all
 )->torch.Tensor:              # a float32 copy (the activation may be modified in place after the hook)
     "Every k-th element (k odd) of `f`, at most `size` of them."
-    n = f.numel()
-    if size is not None and n > size: f = f[::-(-n // size) | 1]     # ceil(n / k) <= size elements
+    k, _ = _sample_stride(f.numel(), size)
+    if k > 1: f = f[::k]
     return f.float() if f.dtype != torch.float32 else f.clone()
 
 def _first_range(mn:torch.Tensor, mx:torch.Tensor)->torch.Tensor:
@@ -208,6 +220,7 @@ def _finish_rows(
 
 # %% ../nbs/02_activations.ipynb #2ac0ff29
 _HIST_BATCH = 2 ** 16       # sample elements that wait for one batched histogram call (256 kB of float32: stays in cache)
+_FAST = True                # use the C kernel for contiguous float32 CPU tensors when it is built (tests switch it off)
 
 class _Series:
     "Streams, device buffer and host points of one series of forwards (training or evaluation)."
@@ -223,7 +236,9 @@ class _Series:
         self.scratch = {}                                # (device, dtype) -> scratch tensor for the NaN / Inf counts
         self._reset()
 
-    def _reset(self): self.vals, self.samples, self.step_ids, self.step_sizes = [], [], [], []
+    def _reset(self):
+        self.step_ids, self.step_sizes = [], []                  # every stream of the step: id, (elements, sample size)
+        self.vals, self.samples, self.t_ids, self.t_sizes = [], [], [], []   # the streams that took the torch path
 
     def begin(self)->bool:
         "A root forward starts; True if this step is recorded."
@@ -238,11 +253,31 @@ class _Series:
             sid = self.ids[name] = len(self.names)
             self.names.append(name); self.ranges.append(None)
             self.points.append(_Points(len(_COLS) + self.cfg.bins + 2, self.cfg.max_points))
+        if self._fast(sid, x): return self._add_fast(sid, x)
         vals, f = _tensor_stats(x, self.cfg.exact, self.scratch)
         if self.ranges[sid] is None: self.ranges[sid] = self._first_range(vals[2], vals[3])
         smp = _sample(f, None if self.cfg.exact else self.cfg.sample)
         self.vals += vals; self.samples.append(smp)
+        self.t_ids.append(sid); self.t_sizes.append((x.numel(), smp.numel()))
         self.step_ids.append(sid); self.step_sizes.append((x.numel(), smp.numel()))
+
+    def _fast(self, sid:int, x:torch.Tensor)->bool:
+        "Can the C kernel write this tensor's row? A contiguous float32 CPU tensor whose stream has its range already."
+        b, r = self.buf, self.ranges[sid]
+        return (_cstats is not None and _FAST and not self.cfg.exact and x.dtype == torch.float32
+                and x.device.type == "cpu" and x.is_contiguous() and 0 < x.numel() <= _EXACT_ONES
+                and r is not None and r.device.type == "cpu" and r.dtype == torch.float32
+                and b is not None and b.device.type == "cpu" and sid < b.shape[1])
+
+    def _add_fast(self, sid:int, x:torch.Tensor):
+        "Whole-tensor statistics, near-zero counts and histogram in one C call, written straight into the buffer row."
+        n = x.numel()
+        k, m = _sample_stride(n, self.cfg.sample)
+        S, F = self.buf.shape[1:]
+        row = self.buf.data_ptr() + (self.slot * S + sid) * F * self.buf.element_size()
+        _cstats.row(x.data_ptr(), n, k, m, self.ranges[sid].data_ptr(), self.cfg.bins, self.cfg.hist_mode == "signed",
+                    self.cfg.near_zero, row)
+        self.step_ids.append(sid); self.step_sizes.append((n, m))
 
     def _first_range(self, mn:torch.Tensor, mx:torch.Tensor)->torch.Tensor:
         r = (_first_range(mn, mx) if self.cfg.hist_range is None
@@ -252,26 +287,27 @@ class _Series:
 
     def _layout(self, device)->tuple:
         "Device index, element counts and histogram ranges of this step's streams, cached: the layout rarely changes."
-        key = (tuple(self.step_ids), tuple(n for n, _ in self.step_sizes), device)
+        key = (tuple(self.t_ids), tuple(n for n, _ in self.t_sizes), device)
         if key not in self.layouts:
             if len(self.layouts) >= 256: self.layouts.clear()   # input sizes that keep changing: bounded cache
-            ids = torch.tensor(self.step_ids, device=device)
-            n = torch.tensor([n for n, _ in self.step_sizes], dtype=torch.float64, device=device)
-            ranges = torch.stack([self.ranges[i] for i in self.step_ids]).to(device)
-            self.layouts[key] = (ids, self.step_ids == list(range(len(self.step_ids))), n, ranges)
+            ids = torch.tensor(self.t_ids, device=device)
+            n = torch.tensor([n for n, _ in self.t_sizes], dtype=torch.float64, device=device)
+            ranges = torch.stack([self.ranges[i] for i in self.t_ids]).to(device)
+            self.layouts[key] = (ids, self.t_ids == list(range(len(self.t_ids))), n, ranges)
         return self.layouts[key]
 
     def end(self):
-        "The root forward ended: write the step's whole-tensor statistics into the buffer; queue its samples."
-        if not self.vals: return
-        ids, in_order, n_el, ranges = self._layout(self.vals[0].device)
-        head = _step_counts(torch.stack(self.vals).view(-1, 6).double(), n_el)   # (m, 6): one stack for all streams
-        n = len(self.names)
-        if self.buf is None or self.buf.shape[1] < n or self.buf.device != head.device: self._grow(n, head.device)
-        if in_order: self.buf[self.slot, :len(head), :6] = head
-        else: self.buf[self.slot, ids, :6] = head
-        self.pend.append((self.slot, self.step_ids, self.samples, ranges))
-        self.pend_size += sum(s for _, s in self.step_sizes)
+        "The root forward ended: write the torch-path streams' statistics into the buffer and queue their samples."
+        if not self.step_ids: return
+        if self.vals:
+            ids, in_order, n_el, ranges = self._layout(self.vals[0].device)
+            head = _step_counts(torch.stack(self.vals).view(-1, 6).double(), n_el)  # (m, 6): one stack for all streams
+            n = len(self.names)
+            if self.buf is None or self.buf.shape[1] < n or self.buf.device != head.device: self._grow(n, head.device)
+            if in_order: self.buf[self.slot, :len(head), :6] = head
+            else: self.buf[self.slot, ids, :6] = head
+            self.pend.append((self.slot, self.t_ids, self.samples, ranges))
+            self.pend_size += sum(s for _, s in self.t_sizes)
         self.meta.append((self.n_forwards - 1, self.step_ids, self.step_sizes))
         self._reset()
         self.slot += 1
@@ -291,9 +327,10 @@ class _Series:
         self.pend, self.pend_size = [], 0
 
     def _grow(self, n:int, device):
-        "(Re)allocate the buffer for `n` streams (new streams appeared), keeping filled slots."
-        new = torch.zeros(self.cfg.flush_every, max(n, 8), len(_FIELDS) + self.cfg.bins + 2, device=device)
-        if self.buf is not None: new[:self.slot, :self.buf.shape[1]] = self.buf[:self.slot].to(device)
+        "(Re)allocate the float32 buffer for `n` streams, keeping filled slots and the current one (C-written rows)."
+        new = torch.zeros(self.cfg.flush_every, max(n, 8), len(_FIELDS) + self.cfg.bins + 2, dtype=torch.float32,
+                          device=device)
+        if self.buf is not None: new[:self.slot + 1, :self.buf.shape[1]] = self.buf[:self.slot + 1].to(device)
         self.buf = new
 
     def flush(self, block:bool=False):

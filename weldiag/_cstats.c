@@ -1,0 +1,100 @@
+/* weldiag._cstats: the CPU fast path of weldiag.activations (see nbs/02_activations.ipynb, "A fused CPU pass").
+
+   One call per recorded float32 CPU tensor and step writes a whole buffer row in place:
+     [Σa, Σa², min, max, NaN count, Inf count, near-zero count, fastai near-zero count, histogram (bins + 2)]
+   - whole tensor, one pass: Σa and Σa² (float lanes within blocks of 1024 elements, blocks added in double),
+     min / max (NaN if the tensor holds a NaN, as torch.amin / amax), exact NaN and ±Inf counts;
+   - every k-th element, m of them (the documented strided sample): the two near-zero counts and the histogram,
+     binned exactly like the torch path: idx = clamp(floor((v - lo) * scale), -1, bins) + 1, NaN dropped.
+   Nothing is allocated; the GIL is released while it runs. The torch path (any device, dtype or layout) stays the
+   reference, and tests/test_activations_props.py checks that both give the same rows. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+
+#define BLOCK 1024
+#define FASTAI_NEAR_ZERO 0.05f
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CLONES
+#endif
+
+CLONES
+static void whole(const float *x, int64_t n, float *row) {
+    double s = 0, s2 = 0;
+    float mn = INFINITY, mx = -INFINITY;
+    int64_t nnan = 0, ninf = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
+        int64_t i1 = i0 + BLOCK < n ? i0 + BLOCK : n;
+        float bs = 0, bs2 = 0, bmn = INFINITY, bmx = -INFINITY;
+        float bnan = 0, binf = 0;      /* exact: at most BLOCK per block */
+#pragma omp simd reduction(+ : bs, bs2, bnan, binf) reduction(min : bmn) reduction(max : bmx)
+        for (int64_t i = i0; i < i1; i++) {
+            float v = x[i];
+            bs += v;
+            bs2 += v * v;
+            bmn = v < bmn ? v : bmn;      /* a NaN compares false: skipped here, propagated below */
+            bmx = v > bmx ? v : bmx;
+            bnan += v != v;
+            binf += fabsf(v) == INFINITY;
+        }
+        s += bs; s2 += bs2;
+        mn = bmn < mn ? bmn : mn; mx = bmx > mx ? bmx : mx;
+        nnan += (int64_t)bnan; ninf += (int64_t)binf;
+    }
+    if (nnan) mn = mx = NAN;
+    row[0] = (float)s; row[1] = (float)s2; row[2] = mn; row[3] = mx;
+    row[4] = (float)nnan; row[5] = (float)ninf;
+}
+
+static void sample(const float *x, int64_t k, int64_t m, float range, int bins, int sgn, float near_zero,
+                   float *row) {
+    float lo = sgn ? -range : 0.0f, scale = (float)bins / (range - lo);
+    float *hist = row + 8;
+    float nz = 0, nzf = 0;
+    for (int i = 0; i < bins + 2; i++) hist[i] = 0;
+    for (int64_t j = 0; j < m; j++) {
+        float v = x[j * k], a = fabsf(v);
+        nz += a <= near_zero;
+        nzf += v <= FASTAI_NEAR_ZERO;
+        float u = floorf(((sgn ? v : a) - lo) * scale);
+        if (u != u) continue;                               /* NaN: in no bin, as in the torch path */
+        u = u < -1.0f ? -1.0f : (u > (float)bins ? (float)bins : u);
+        hist[(int)u + 1] += 1.0f;
+    }
+    row[6] = nz; row[7] = nzf;
+}
+
+static PyObject *row(PyObject *self, PyObject *args) {
+    unsigned long long px, prange, pout;
+    long long n, k, m;
+    int bins, sgn;
+    float near_zero;
+    if (!PyArg_ParseTuple(args, "KLLLKipfK", &px, &n, &k, &m, &prange, &bins, &sgn, &near_zero, &pout)) return NULL;
+    if (n <= 0 || k <= 0 || m <= 0 || (m - 1) * k >= n || bins <= 0) {
+        PyErr_SetString(PyExc_ValueError, "_cstats.row: inconsistent sizes");
+        return NULL;
+    }
+    const float *x = (const float *)(uintptr_t)px;
+    float *out = (float *)(uintptr_t)pout;
+    float range = *(const float *)(uintptr_t)prange;
+    Py_BEGIN_ALLOW_THREADS
+    whole(x, n, out);
+    sample(x, k, m, range, bins, sgn, near_zero, out);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"row", row, METH_VARARGS,
+     "row(x_ptr, n, k, m, range_ptr, bins, signed, near_zero, out_ptr): one ActivationStats buffer row of a "
+     "contiguous float32 CPU tensor, written in place."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cstats", "The CPU fast path of weldiag.activations.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__cstats(void) { return PyModule_Create(&module); }
