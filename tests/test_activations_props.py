@@ -165,3 +165,13 @@ def _run_plan(plan, **kw):
     with ActivationStats(m, **kw) as stats, torch.no_grad():
         for _ in plan: m(torch.zeros(1))
     return stats
+
+
+def test_counts_beyond_float32_are_exact():
+    "NaN / Inf counts of a tensor with more than 2**24 elements are exact on both paths (float64 buffer)."
+    n = 2 ** 24 + 6                                   # n - 3 is odd: not a float32 number
+    t = torch.full((n,), float("nan"))
+    t[:2] = 1.0; t[2] = float("inf")
+    stats = _run_plan([{"big": t}, {"big": t}])       # step 0 takes the torch path, step 1 the C path when built
+    df = stats.to_frame()
+    assert df.nan.tolist() == [n - 3, n - 3] and df.inf.tolist() == [1, 1] and df["count"].tolist() == [n, n]

@@ -1,6 +1,6 @@
 /* weldiag._cstats: the CPU fast path of weldiag.activations (see nbs/02_activations.ipynb, "A fused CPU pass").
 
-   One call per recorded float32 CPU tensor and step writes a whole buffer row in place:
+   One call per recorded float32 CPU tensor and step writes a whole (float64) buffer row in place:
      [Σa, Σa², min, max, NaN count, Inf count, near-zero count, fastai near-zero count, histogram (bins + 2)]
    - whole tensor, one pass: Σa and Σa² (float lanes within blocks of 1024 elements, blocks added in double),
      min / max (NaN if the tensor holds a NaN, as torch.amin / amax), exact NaN and ±Inf counts;
@@ -23,7 +23,7 @@
 #endif
 
 CLONES
-static void whole(const float *x, int64_t n, float *row) {
+static void whole(const float *x, int64_t n, double *row) {
     double s = 0, s2 = 0;
     float mn = INFINITY, mx = -INFINITY;
     int64_t nnan = 0, ninf = 0;
@@ -46,15 +46,15 @@ static void whole(const float *x, int64_t n, float *row) {
         nnan += (int64_t)bnan; ninf += (int64_t)binf;
     }
     if (nnan) mn = mx = NAN;
-    row[0] = (float)s; row[1] = (float)s2; row[2] = mn; row[3] = mx;
-    row[4] = (float)nnan; row[5] = (float)ninf;
+    row[0] = s; row[1] = s2; row[2] = mn; row[3] = mx;
+    row[4] = (double)nnan; row[5] = (double)ninf;
 }
 
 static void sample(const float *x, int64_t k, int64_t m, float range, int bins, int sgn, float near_zero,
-                   float *row) {
+                   double *row) {
     float lo = sgn ? -range : 0.0f, scale = (float)bins / (range - lo);
-    float *hist = row + 8;
-    float nz = 0, nzf = 0;
+    double *hist = row + 8;
+    int64_t nz = 0, nzf = 0;
     for (int i = 0; i < bins + 2; i++) hist[i] = 0;
     for (int64_t j = 0; j < m; j++) {
         float v = x[j * k], a = fabsf(v);
@@ -63,9 +63,9 @@ static void sample(const float *x, int64_t k, int64_t m, float range, int bins, 
         float u = floorf(((sgn ? v : a) - lo) * scale);
         if (u != u) continue;                               /* NaN: in no bin, as in the torch path */
         u = u < -1.0f ? -1.0f : (u > (float)bins ? (float)bins : u);
-        hist[(int)u + 1] += 1.0f;
+        hist[(int)u + 1] += 1.0;
     }
-    row[6] = nz; row[7] = nzf;
+    row[6] = (double)nz; row[7] = (double)nzf;
 }
 
 static PyObject *row(PyObject *self, PyObject *args) {
@@ -79,7 +79,7 @@ static PyObject *row(PyObject *self, PyObject *args) {
         return NULL;
     }
     const float *x = (const float *)(uintptr_t)px;
-    float *out = (float *)(uintptr_t)pout;
+    double *out = (double *)(uintptr_t)pout;
     float range = *(const float *)(uintptr_t)prange;
     Py_BEGIN_ALLOW_THREADS
     whole(x, n, out);
@@ -90,8 +90,8 @@ static PyObject *row(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"row", row, METH_VARARGS,
-     "row(x_ptr, n, k, m, range_ptr, bins, signed, near_zero, out_ptr): one ActivationStats buffer row of a "
-     "contiguous float32 CPU tensor, written in place."},
+     "row(x_ptr, n, k, m, range_ptr, bins, signed, near_zero, out_ptr): one ActivationStats float64 buffer row of "
+     "a contiguous float32 CPU tensor, written in place."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cstats", "The CPU fast path of weldiag.activations.", -1,

@@ -81,10 +81,10 @@ def _nonfinite(
 def _step_counts(
     head:torch.Tensor,        # (m, 6) float64 stacked `_tensor_stats`: columns 4, 5 = NaN and finite counts
     n:torch.Tensor,           # (m,) float64 element counts
-)->torch.Tensor:              # (m, 6) float32, columns 4, 5 = NaN and ±Inf counts
+)->torch.Tensor:              # (m, 6) float64, columns 4, 5 = NaN and ±Inf counts
     "Turn the finite counts of a step's tensors into Inf counts, all tensors at once."
     head[:, 5] = n - head[:, 4] - head[:, 5]
-    return head.float()
+    return head
 
 def _tensor_stats(
     x:torch.Tensor,           # one recorded activation
@@ -188,7 +188,7 @@ def _ddp_world()->int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 def _reduce_slots(
-    data:torch.Tensor,        # (slots, streams, F) float32 rows: sum, M2, min, max, counts..., hist...
+    data:torch.Tensor,        # (slots, streams, F) float64 rows: sum, M2, min, max, counts..., hist...
     sizes:torch.Tensor,       # (slots, streams, 2) float64 on data's device: element count, sample size (0 = absent)
 )->tuple[torch.Tensor, torch.Tensor]:   # the same, reduced over all ranks
     "all_reduce a flush's rows: sums and counts add, min / max reduce, M2 pooled over ranks via Σa²."
@@ -205,10 +205,10 @@ def _reduce_slots(
     dist.all_reduce(mn, op=dist.ReduceOp.MIN); dist.all_reduce(mx, op=dist.ReduceOp.MAX)
     S, N = adds[..., 0], adds[..., -2].clamp(min=1)
     head = torch.stack([S, adds[..., 1] - S * S / N, mn, mx], -1)
-    return torch.cat([head, adds[..., 2:-2]], -1).float(), adds[..., -2:]
+    return torch.cat([head, adds[..., 2:-2]], -1), adds[..., -2:]
 
 def _finish_rows(
-    data:torch.Tensor,        # (slots, streams, F) float32 flushed rows, "sq" = Σa² or M2
+    data:torch.Tensor,        # (slots, streams, F) float64 flushed rows, "sq" = Σa² or M2
     sizes:torch.Tensor,       # (slots, streams, 2) float64: element count, sample size
     exact:bool,
 )->torch.Tensor:              # float64 rows with "sq" = M2
@@ -265,9 +265,9 @@ class _Series:
         "Can the C kernel write this tensor's row? A contiguous float32 CPU tensor whose stream has its range already."
         b, r = self.buf, self.ranges[sid]
         return (_cstats is not None and _FAST and not self.cfg.exact and x.dtype == torch.float32
-                and x.device.type == "cpu" and x.is_contiguous() and 0 < x.numel() <= _EXACT_ONES
+                and x.device.type == "cpu" and x.is_contiguous() and x.numel() > 0
                 and r is not None and r.device.type == "cpu" and r.dtype == torch.float32
-                and b is not None and b.device.type == "cpu" and sid < b.shape[1])
+                and b is not None and b.device.type == "cpu" and b.dtype == torch.float64 and sid < b.shape[1])
 
     def _add_fast(self, sid:int, x:torch.Tensor):
         "Whole-tensor statistics, near-zero counts and histogram in one C call, written straight into the buffer row."
@@ -323,13 +323,13 @@ class _Series:
         rows = _sample_rows(padded, ranges, self.cfg.bins, self.cfg.hist_mode == "signed", self.cfg.near_zero)
         S, F = self.buf.shape[1:]
         flat = torch.tensor([slot * S + i for slot, ids, _, _ in self.pend for i in ids], device=self.buf.device)
-        self.buf.view(-1, F)[flat, 6:] = rows.to(self.buf.device)    # rows of the (slot, stream) pairs
+        self.buf.view(-1, F)[flat, 6:] = rows.to(self.buf)           # rows of the (slot, stream) pairs
         self.pend, self.pend_size = [], 0
 
     def _grow(self, n:int, device):
-        "(Re)allocate the float32 buffer for `n` streams, keeping filled slots and the current one (C-written rows)."
-        new = torch.zeros(self.cfg.flush_every, max(n, 8), len(_FIELDS) + self.cfg.bins + 2, dtype=torch.float32,
-                          device=device)
+        "(Re)allocate the buffer for `n` streams, keeping filled slots and the current one (C-written rows)."
+        new = torch.zeros(self.cfg.flush_every, max(n, 8), len(_FIELDS) + self.cfg.bins + 2, dtype=torch.float64,
+                          device=device)     # float64: counts of tensors beyond 2**24 elements stay exact
         if self.buf is not None: new[:self.slot + 1, :self.buf.shape[1]] = self.buf[:self.slot + 1].to(device)
         self.buf = new
 
