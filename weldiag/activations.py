@@ -112,9 +112,9 @@ def _sample_rows(
     "Near-zero counts and histograms (with under- and overflow bins) of many samples at once."
     m, nb = len(samples), bins + 3                               # + underflow, overflow, and a slot for NaN
     a = samples.abs()
-    tmp = torch.empty_like(a)                                    # comparisons written as 0. / 1. and summed: float
-    counts = [torch.le(x, t, out=tmp).sum(1) for x, t in ((a, near_zero), (samples, _FASTAI_NEAR_ZERO))]  # passes are
-    lo = -ranges if signed else torch.zeros_like(ranges)                                                # fastest on CPU
+    tmp = torch.empty_like(a)             # comparisons written as float 0. / 1. and summed: the fast passes on CPU
+    counts = [torch.le(x, t, out=tmp).sum(1) for x, t in ((a, near_zero), (samples, _FASTAI_NEAR_ZERO))]
+    lo = -ranges if signed else torch.zeros_like(ranges)
     idx = torch.sub(samples if signed else a, lo[:, None], out=tmp).mul_((bins / (ranges - lo))[:, None])
     idx = torch.nan_to_num_(idx.floor_().clamp_(-1, bins).add_(1), nan=bins + 2).int()   # 0 under, bins+1 over, NaN
     idx += torch.arange(0, m * nb, nb, device=idx.device, dtype=idx.dtype)[:, None]    # row i's bins at i·nb
