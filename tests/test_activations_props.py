@@ -18,10 +18,11 @@ class Emit(nn.Module):
         return t
 
 
-def _run(tensors, **kw):
-    m = nn.Sequential(Emit(tensors))
-    with ActivationStats(m, hist_range=3.0, hist="signed", **kw) as stats, torch.no_grad():
-        for _ in tensors: m(torch.zeros(1))
+def _run(outputs, **kw):
+    "ActivationStats(**kw) over one forward per prepared output (a tensor, or a dict of them, per step)."
+    m = nn.Sequential(Emit(outputs))
+    with ActivationStats(m, **kw) as stats, torch.no_grad():
+        for _ in outputs: m(torch.zeros(1))
     return stats
 
 
@@ -31,8 +32,8 @@ def _run(tensors, **kw):
 def test_merging_is_exact(steps, max_points, flush_every, sizes, seed):
     g = torch.Generator().manual_seed(seed)
     tensors = [torch.randn(sizes[0] + i % 7, generator=g) * (1 + i % 5) + i % 3 for i in range(steps)]
-    merged = _run(tensors, max_points=max_points, flush_every=flush_every)
-    full = _run(tensors, max_points=10_000, flush_every=flush_every)
+    merged = _run(tensors, hist_range=3.0, hist="signed", max_points=max_points, flush_every=flush_every)
+    full = _run(tensors, hist_range=3.0, hist="signed", max_points=10_000, flush_every=flush_every)
     df = merged.to_frame()
     assert len(df) <= max_points + 1 and df.n_steps.sum() == steps
     assert df.step.tolist() == sorted(df.step.tolist())
@@ -87,9 +88,8 @@ def _check_batched(steps, n_keys, flush_every, seed):
         keys = [k for k in range(n_keys) if torch.rand((), generator=g) < 0.6] or [i % n_keys]
         keys = [keys[j] for j in torch.randperm(len(keys), generator=g).tolist()]       # changing order
         plan.append({f"k{k}": torch.randn(int(torch.randint(1, 200, (), generator=g)), generator=g) * 2 for k in keys})
-    m = nn.Sequential(Emit(plan))   # each step returns a dict: streams appear late, skip steps, change order
-    with ActivationStats(m, hist_range=3.0, hist="signed", flush_every=flush_every) as stats, torch.no_grad():
-        for _ in plan: m(torch.zeros(1))
+    # each step returns a dict: streams appear late, skip steps, change order
+    stats = _run(plan, hist_range=3.0, hist="signed", flush_every=flush_every)
     seen = 0
     for name, pts in stats._points().items():
         key = name.split("'")[1]
@@ -132,7 +132,7 @@ def test_c_kernel_matches_torch_path(sizes, steps, signed, sample, scale, bad, s
     frames, hists, kernel = [], [], _Counting(A._cstats)
     for fast in (True, False):
         saved, A._FAST, A._cstats = (A._FAST, A._cstats), fast, kernel
-        try: stats = _run_plan(plan, hist="signed" if signed else "abs", sample=sample)
+        try: stats = _run(plan, hist="signed" if signed else "abs", sample=sample)
         finally: A._FAST, A._cstats = saved
         frames.append(stats.to_frame()); hists.append({n: stats.hist(n, overflow=True) for n in stats.layers()})
     assert kernel.calls == (steps - 1) * len(sizes)        # every step after a stream's first took the C path
@@ -160,18 +160,24 @@ class _Counting:
         return self.mod.row(*args)
 
 
-def _run_plan(plan, **kw):
-    m = nn.Sequential(Emit(plan))
-    with ActivationStats(m, **kw) as stats, torch.no_grad():
-        for _ in plan: m(torch.zeros(1))
-    return stats
-
-
 def test_counts_beyond_float32_are_exact():
     "NaN / Inf counts of a tensor with more than 2**24 elements are exact on both paths (float64 buffer)."
     n = 2 ** 24 + 6                                   # n - 3 is odd: not a float32 number
     t = torch.full((n,), float("nan"))
     t[:2] = 1.0; t[2] = float("inf")
-    stats = _run_plan([{"big": t}, {"big": t}])       # step 0 takes the torch path, step 1 the C path when built
+    stats = _run([{"big": t}, {"big": t}])       # step 0 takes the torch path, step 1 the C path when built
     df = stats.to_frame()
     assert df.nan.tolist() == [n - 3, n - 3] and df.inf.tolist() == [1, 1] and df["count"].tolist() == [n, n]
+
+
+def test_c_path_with_float64_default_dtype():
+    "A fixed `hist_range` under a float64 default dtype still gives the float32 range the C path needs."
+    import weldiag.activations as A
+    if A._cstats is None: return
+    saved_dtype, kernel = torch.get_default_dtype(), _Counting(A._cstats)
+    saved, A._cstats = A._cstats, kernel
+    try:
+        torch.set_default_dtype(torch.float64)
+        stats = _run([torch.randn(50, dtype=torch.float32) for _ in range(3)], hist_range=2.0)
+    finally: A._cstats = saved; torch.set_default_dtype(saved_dtype)
+    assert kernel.calls == 2 and stats.to_frame()["count"].tolist() == [50, 50, 50]

@@ -281,7 +281,7 @@ class _Series:
 
     def _first_range(self, mn:torch.Tensor, mx:torch.Tensor)->torch.Tensor:
         r = (_first_range(mn, mx) if self.cfg.hist_range is None
-             else torch.full((), float(self.cfg.hist_range), device=mn.device))
+             else torch.full((), float(self.cfg.hist_range), dtype=torch.float32, device=mn.device))
         if self.reduce and _ddp_world() > 1: dist.all_reduce(r, op=dist.ReduceOp.MAX)  # one range for all ranks
         return r
 
