@@ -40,6 +40,7 @@ def _worker(rank, port, exact, out):
         with ActivationStats(model, **_stats_kwargs(exact)) as stats:
             for x in _batches(): model(x[rank * PER_RANK:(rank + 1) * PER_RANK])
         stats.save(f"{out}/rank{rank}.pt")
+        dist.barrier()        # both ranks done before teardown: gloo aborts now and then when one rank tears down first
     finally:
         dist.destroy_process_group()
 
