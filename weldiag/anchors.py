@@ -15,49 +15,26 @@ import pandas as pd
 import matplotlib.pyplot as plt
 import torch
 from torch import nn, Tensor
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 
+from .detectors import InputGeometry, as_detector, transform_geometry, load_detector
 from .data import DetectionDataset, Record, weld_sample, load_dataset, load_image, draw_boxes, show_image, class_colors
 
 # %% auto #0
-__all__ = ['YOLOV5_ANCHORS', 'SIZE_EDGES', 'ASPECT_EDGES', 'ASPECT_NAMES', 'STATUSES', 'STATUS_COLORS', 'InputGeometry',
+__all__ = ['YOLOV5_ANCHORS', 'SIZE_EDGES', 'ASPECT_EDGES', 'ASPECT_NAMES', 'STATUSES', 'STATUS_COLORS', 'COVERAGE_MODELS',
            'model_input_geometry', 'AnchorLevel', 'MatchRule', 'AnchorSet', 'feature_shapes', 'anchors_from_generator',
            'model_matcher', 'anchors_from_model', 'BestIoU', 'pair_iou', 'best_iou', 'ssd_grid_anchors', 'yolo_anchors',
            'Pairs', 'positive_pairs', 'fcos_pairs', 'coverage', 'Coverage', 'plot_coverage', 'plot_gallery',
            'plot_location', 'YoloBPR', 'yolo_bpr', 'receptive_fields', 'SuggestedAnchors', 'iou_kmeans',
-           'suggest_anchors', 'cli_target', 'coverage_command']
+           'suggest_anchors', 'cli_target', 'coverage_summary', 'coverage_command']
 
 # %% ../nbs/03_anchors.ipynb #963f6464
-class InputGeometry(NamedTuple):
-    "How a detector's transform turns an H × W image into its input (all sizes are (H, W))."
-    resized_hw:tuple   # image size after the resize
-    padded_hw:tuple    # batch tensor size after padding to `size_divisible` (the anchors' image size)
-    scale:tuple        # (sy, sx) = resized / original, the factors boxes are multiplied by
-
-def _model_transform(model)->GeneralizedRCNNTransform:
-    "The model's `GeneralizedRCNNTransform` (or `model` itself if it is one)."
-    t = model if isinstance(model, GeneralizedRCNNTransform) else getattr(model, "transform", None)
-    if not isinstance(t, GeneralizedRCNNTransform):
-        raise TypeError(f"{type(model).__name__}: no GeneralizedRCNNTransform at `.transform`; "
-                        "pass an `AnchorSet` (e.g. `ssd_grid_anchors()`) for models that do not resize themselves")
-    return t
-
 def model_input_geometry(
-    model,             # torchvision detector (or its `GeneralizedRCNNTransform`)
+    model,             # a detector (any family `weldiag.detectors.as_detector` knows)
     image_hw,          # (H, W) of the unresized image
 )->InputGeometry:
-    "Resized and padded input size of an `image_hw` image, as the model's transform makes it in eval mode."
-    t = _model_transform(model)
-    h, w = int(image_hw[0]), int(image_hw[1])
-    if h <= 0 or w <= 0: raise ValueError(f"image_hw={tuple(image_hw)}: height and width must be positive")
-    if t.fixed_size is not None: rh, rw = int(t.fixed_size[1]), int(t.fixed_size[0])  # fixed_size is (W, H)
-    else:
-        s = min(t.min_size[-1] / min(h, w), t.max_size / max(h, w))  # eval mode uses min_size[-1]
-        rh, rw = math.floor(h * s), math.floor(w * s)               # F.interpolate(recompute_scale_factor=True)
-    d = float(t.size_divisible)
-    ph, pw = int(math.ceil(rh / d) * d), int(math.ceil(rw / d) * d)
-    return InputGeometry((rh, rw), (ph, pw), (rh / h, rw / w))
+    "Resized and padded input size of an `image_hw` image, as the model's own preprocessing makes it (asks its adapter)."
+    return as_detector(model).input_geometry(image_hw)
 
 # %% ../nbs/03_anchors.ipynb #c7700988
 @dataclass
@@ -159,17 +136,8 @@ def feature_shapes(
     model:nn.Module,    # torchvision detector with `.backbone`
     padded_hw,          # (H, W) of the padded input tensor
 )->list:                # [(name, (rows, cols))] per feature level, in the order the head sees them
-    "Feature-map sizes of the model's backbone for a `padded_hw` input (run on the meta device: shapes only)."
-    bb = model.backbone
-    state = {k: torch.empty_like(v, device="meta") for k, v in chain(bb.named_parameters(), bb.named_buffers())}
-    x = torch.zeros(1, 3, *map(int, padded_hw), device="meta")
-    with torch.no_grad():
-        try: out = torch.func.functional_call(bb, state, (x,))
-        except (RuntimeError, NotImplementedError):   # an op without a meta kernel: run it for real
-            p = next(bb.parameters())
-            out = bb(torch.zeros(1, 3, *map(int, padded_hw), device=p.device, dtype=p.dtype))
-    outs = {"0": out} if isinstance(out, Tensor) else out
-    return [(str(k), tuple(o.shape[-2:])) for k, o in outs.items()]
+    "Feature-map sizes of the model's backbone for a `padded_hw` input (asks the adapter; shapes only, meta device)."
+    return as_detector(model).feature_shapes(padded_hw)
 
 def _generator_levels(gen, image_hw, grids:list, names:list)->tuple:
     "AnchorLevels of a torchvision generator for a padded `image_hw` input, and whether shapes are rounded."
@@ -201,42 +169,17 @@ def anchors_from_generator(
     return AnchorSet(levels, tuple(map(int, image_hw)), matcher=matcher, source=type(gen).__name__, round_shapes=rnd)
 
 # %% ../nbs/03_anchors.ipynb #27b7bf07
-def _model_kind(model)->str:
-    "retinanet | fasterrcnn | fcos | ssd for torchvision detectors."
-    n = type(model).__name__.lower()
-    for k in ("retinanet", "fcos", "ssd"):
-        if k in n: return k
-    if hasattr(model, "rpn"): return "fasterrcnn"
-    raise TypeError(f"{type(model).__name__}: not a torchvision RetinaNet / Faster R-CNN / FCOS / SSD model")
-
 def model_matcher(model)->MatchRule:
-    "The matching rule a torchvision detector trains with, read from the model object."
-    kind = _model_kind(model)
-    if kind == "fcos":
-        return MatchRule(f"FCOS centre sampling (radius {model.center_sampling_radius} strides)", 0.5, 0.5,
-                         None, "fcos", float(model.center_sampling_radius))
-    m = model.rpn.proposal_matcher if kind == "fasterrcnn" else model.proposal_matcher
-    fg, bg = float(m.high_threshold), float(m.low_threshold)
-    if kind == "ssd": return MatchRule(f"SSDMatcher({fg:g}) + best anchor forced", fg, bg, "best-anchor")
-    low = bool(m.allow_low_quality_matches)
-    who = "RPN" if kind == "fasterrcnn" else "RetinaNet"
-    return MatchRule(f"{who} Matcher({fg:g}, {bg:g}, allow_low_quality_matches={low})", fg, bg, "low-quality" if low else None)
-
-def _anchor_generator(model):
-    return model.rpn.anchor_generator if _model_kind(model) == "fasterrcnn" else model.anchor_generator
+    "The matching rule the detector trains with, read from the model object by its adapter."
+    return as_detector(model).matcher()
 
 def anchors_from_model(
-    model:nn.Module,     # torchvision RetinaNet, Faster R-CNN (its RPN), FCOS, SSD or SSDlite
+    model:nn.Module,     # torchvision RetinaNet, Faster R-CNN (its RPN), FCOS, SSD or SSDlite; a YOLOv5 or course SSD
     image_size,          # (H, W) of the *unresized* image (torchvision's order)
     padded:bool=False,   # `image_size` is already the padded input size: skip the transform
 )->AnchorSet:            # anchors in input pixels of the padded tensor
-    "The anchors the model generates for one unresized `image_size` image (batch of one), read from the model."
-    hw = tuple(map(int, image_size)) if padded else model_input_geometry(model, image_size).padded_hw
-    names, grids = zip(*feature_shapes(model, hw))
-    gen = _anchor_generator(model)
-    a = anchors_from_generator(gen, hw, grids, list(names), model_matcher(model))
-    a.source = f"{type(model).__name__}.{'rpn.' if _model_kind(model) == 'fasterrcnn' else ''}{type(gen).__name__}"
-    return a
+    "The anchors the model generates for one unresized `image_size` image (batch of one), read by its adapter."
+    return as_detector(model).anchors(image_size, padded)
 
 # %% ../nbs/03_anchors.ipynb #71da91df
 class BestIoU(NamedTuple):
@@ -529,8 +472,9 @@ def _input_boxes(target, rec:Record, resize:str):
     "Input size key, GT boxes in input pixels, and (sy, sx, oy, ox) mapping original -> input pixels."
     W, H = rec.size
     if not isinstance(target, AnchorSet):
-        g = model_input_geometry(target, (H, W))
-        return g.padded_hw, resize_boxes(rec.boxes, (H, W), g.resized_hw), (*g.scale, 0.0, 0.0)
+        det = as_detector(target)
+        g = det.input_geometry((H, W))
+        return g.padded_hw, det.to_input(rec.boxes, (H, W)), (*g.scale, *g.offset)
     IH, IW = target.image_hw
     if resize == "none": m = (1.0, 1.0, 0.0, 0.0)
     elif resize == "squish": m = (IH / H, IW / W, 0.0, 0.0)
@@ -596,7 +540,7 @@ def coverage(
     resize:str="squish",          # `AnchorSet` only: "squish", "letterbox" or "none"
 )->Coverage:
     "Per-GT best IoU, positives and matcher status for the model's own anchors, with summaries and plots."
-    target = model_or_anchors
+    target = model_or_anchors if isinstance(model_or_anchors, AnchorSet) else as_detector(model_or_anchors)
     if not len(ds): raise ValueError("coverage: the dataset has no images")
     rule = (target.matcher if isinstance(target, AnchorSet) else model_matcher(target)) or _NO_RULE
     thr = sorted({float(t) for t in ([iou] if isinstance(iou, (int, float)) else iou)})
@@ -611,7 +555,7 @@ def coverage(
         img = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, _, b in items])
         frames.append(pd.DataFrame({**_gt_columns(items, key, ds.classes), **_group_result(a, gt, img, thr, rule)}))
     frame = pd.concat(frames, ignore_index=True).sort_values(["image", "box"], kind="stable").reset_index(drop=True)
-    source = target.source if isinstance(target, AnchorSet) else type(target).__name__
+    source = target.source if isinstance(target, AnchorSet) else target.name
     return Coverage(frame, tuple(thr), rule, anchors, list(ds.classes), ds, maps, source)
 
 # %% ../nbs/03_anchors.ipynb #b5e0738f
@@ -829,7 +773,7 @@ def yolo_bpr(
     "YOLOv5 `check_anchors` metric: per label the worst w / h ratio to the best anchor."
     if isinstance(data, Coverage): wh = torch.tensor(data.frame[["in_w", "in_h"]].to_numpy(dtype="float32"))
     else: wh = torch.cat([(r.boxes[:, 2:] - r.boxes[:, :2]) * (image_size / max(r.size)) for r in data]) if len(data) else torch.zeros(0, 2)
-    k = (torch.cat([l.wh for l in anchors_wh.levels]) if isinstance(anchors_wh, AnchorSet)
+    k = (torch.cat([l.wh for l in anchors_wh.levels]) if hasattr(anchors_wh, "levels")
          else torch.tensor(np.asarray(anchors_wh, dtype="float32").reshape(-1, 2)))
     r = wh[:, None] / k[None]                                  # (N, K, 2)
     x = torch.min(r, 1 / r).min(2).values                      # (N, K) worst of the w and h ratios
@@ -957,13 +901,14 @@ def _split(c:Tensor, counts:list)->list:
 def _snippet(target, wh_levels:list)->str:
     def fmt(t): return "[" + ", ".join(f"[{w:.1f}, {h:.1f}]" for w, h in t.tolist()) + "]"
     rows = ",\n    ".join(fmt(w) for w in wh_levels)
-    if isinstance(target, AnchorSet):
+    gen = None if isinstance(target, AnchorSet) else getattr(target, "anchor_generator", None)
+    if gen is None:
         return f"# (w, h) per level in input pixels\nshapes = [\n    {rows},\n]\nanchors = anchors.with_shapes(shapes)"
-    if isinstance(_anchor_generator(target), DefaultBoxGenerator):
+    if isinstance(gen, DefaultBoxGenerator):
         return ("import torch\n# SSD: widths / heights normalised by the input size; same count per level, so the head is unchanged\n"
                 f"H, W = {target.transform.fixed_size[1]}, {target.transform.fixed_size[0]}\nshapes = [\n    {rows},\n]\n"
                 "model.anchor_generator._wh_pairs = [torch.tensor(s) / torch.tensor([W, H]) for s in shapes]")
-    where = "model.rpn.anchor_generator" if _model_kind(target) == "fasterrcnn" else "model.anchor_generator"
+    where = f"model.{target.anchor_path}"
     return ("import torch\n# (w, h) per level in input pixels; same count per level, so the head is unchanged\n"
             f"shapes = [\n    {rows},\n]\n"
             f"{where}.cell_anchors = [(torch.tensor(s)[:, [0, 1, 0, 1]] * torch.tensor([-.5, -.5, .5, .5])).round() for s in shapes]\n"
@@ -980,7 +925,7 @@ def suggest_anchors(
     iou_weight:float=0.5,         # fitness = recall + iou_weight * mean best IoU (keeps boxes tight, not just above `iou`)
 )->SuggestedAnchors:
     "k-means + evolution of anchor shapes maximising exact best-possible recall on the model's own grids."
-    target = model_or_anchors
+    target = model_or_anchors if isinstance(model_or_anchors, AnchorSet) else as_detector(model_or_anchors)
     rule = (target.matcher if isinstance(target, AnchorSet) else model_matcher(target)) or _NO_RULE
     iou = rule.fg_iou if iou is None else iou
     parts = {}
@@ -1011,36 +956,54 @@ def suggest_anchors(
                             before[1], best[1], _snippet(target, cur), history)
 
 # %% ../nbs/03_anchors.ipynb #fad91e15
+COVERAGE_MODELS = {"retinanet": "retinanet_resnet50_fpn", "fasterrcnn": "fasterrcnn_resnet50_fpn", "fcos": "fcos_resnet50_fpn",
+                   "ssd": "ssd300_vgg16", "ssdlite": "ssdlite320_mobilenet_v3_large"}
+
 def cli_target(
-    name:str,               # retinanet | fasterrcnn | fcos | ssd | ssdlite | fastai-ssd
-    image_size:int=None,    # short side (RetinaNet / Faster R-CNN / FCOS) or square side (SSD, fastai-ssd)
+    name:str,               # a torchvision builder name, a short name of COVERAGE_MODELS, or fastai-ssd
+    image_size:int=None,    # short side (sets min_size) or square side (SSD, fastai-ssd)
+    weights=None,           # the user's state_dict file: its num_classes and builder options come with it
+    num_classes:int=None,   # the builder's num_classes (only needed to load weights with a non-default count)
+    min_size:int=None,      # the model's transform: short side ...
+    max_size:int=None,      # ... and long-side cap, exactly as the user's model was built
 ):
-    "A weightless torchvision detector (or the fastai course's anchors) to read anchors and transform from."
-    import torchvision.models.detection as D
+    "The detector (or the fastai course's anchors) whose geometry and anchors `weldiag coverage` uses: no download."
     if name == "fastai-ssd": return ssd_grid_anchors(image_size=image_size or 224)
-    fns = {"retinanet": D.retinanet_resnet50_fpn, "fasterrcnn": D.fasterrcnn_resnet50_fpn, "fcos": D.fcos_resnet50_fpn,
-           "ssd": D.ssd300_vgg16, "ssdlite": D.ssdlite320_mobilenet_v3_large}
-    if name not in fns: raise ValueError(f"--model {name!r}: expected one of {sorted(fns) + ['fastai-ssd']}")
-    kw = dict(weights=None, weights_backbone=None)
-    if image_size and name not in ("ssd", "ssdlite"): kw.update(min_size=image_size, max_size=round(image_size * 1333 / 800))
-    m = fns[name](**kw).eval()
-    if image_size and name in ("ssd", "ssdlite"): m.transform.fixed_size = (image_size, image_size)
+    arch = COVERAGE_MODELS.get(name, name)
+    ssd = arch.startswith("ssd")
+    if image_size and not ssd and min_size is None: min_size = image_size
+    m = load_detector(arch, weights, num_classes, min_size, max_size)
+    if image_size and ssd: m.transform.fixed_size = (image_size, image_size)
     return m
+
+def coverage_summary(cov:Coverage)->dict:
+    "The figures `weldiag coverage` writes to summary.json: recall at each IoU threshold, overall and per class"
+    f, out = cov.frame, {}
+    for c in cov.classes:
+        g = f[f["class"] == c]
+        out[c] = {"n": int(len(g)), **{f"recall@{t:g}": (float((g["best_iou"] >= t).mean()) if len(g) else None)
+                                       for t in cov.thresholds}}
+    return {"source": cov.source, "matcher": cov.matcher.name, "gt_boxes": int(len(f)),
+            "input_sizes": sorted([list(k) for k in cov.anchors]),
+            "recall": {f"recall@{t:g}": cov.recall(t) for t in cov.thresholds}, "per_class": out}
 
 def coverage_command(
     path=None,                    # dataset folder or file (any format `load_dataset` reads)
     sample:bool=False,            # use the bundled LoHi-WELD weld sample instead
-    model:str="retinanet",        # retinanet | fasterrcnn | ssd | ssdlite | fcos | fastai-ssd
-    image_size:int=None,          # model input size (short side / square side); None: the model's default
-    out="weldiag-coverage",       # folder for the PNG plots
+    model:str="retinanet",        # a torchvision builder name, retinanet | fasterrcnn | ssd | ssdlite | fcos, or fastai-ssd
+    image_size:int=None,          # short side (sets min_size) / square side; None: the model's default
+    out="weldiag-coverage",       # folder for the PNG plots and summary.json
+    weights=None,                 # a trained state_dict of `model`
+    num_classes:int=None,         # the builder's num_classes (default: from the weights)
+    min_size:int=None,            # the model's transform min_size, as trained
+    max_size:int=None,            # the model's transform max_size, as trained
 )->int:                           # exit code
-    "`weldiag coverage`: print the anchor coverage summary of a dataset and write its plots."
+    "`weldiag coverage`: print the anchor coverage summary of a dataset at the model's own geometry; write plots and summary.json."
     import sys
     if bool(path) == bool(sample):
         print("weldiag coverage: give a dataset PATH or --sample (not both)", file=sys.stderr); return 2
-    try:
-        ds = weld_sample() if sample else load_dataset(path)
-        target = cli_target(model, image_size)
+    target = cli_target(model, image_size, weights, num_classes, min_size, max_size)   # bad model input: exit 2 in the CLI
+    try: ds = weld_sample() if sample else load_dataset(path)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"weldiag coverage: {e}", file=sys.stderr); return 1
     cov = coverage(target, ds)
@@ -1057,5 +1020,9 @@ def coverage_command(
     else: files.remove(files[1])
     cov.plot_location().figure.savefig(files[-1], dpi=110, bbox_inches="tight")
     plt.close("all")
+    s = {"model": model, "weights": str(weights) if weights else None, "dataset": "weld_sample" if sample else str(path),
+         **coverage_summary(cov)}
+    (out / "summary.json").write_text(json.dumps(s, indent=2))
+    files.append(out / "summary.json")
     print("\nwrote " + ", ".join(map(str, files)))
     return 0

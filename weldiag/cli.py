@@ -21,20 +21,33 @@ def _call(module:str, fn:str, **kwargs)->int:
 
 def _dataset(a): return _call("data", "dataset_command", path=a.path, sample=a.sample, out=a.out, split=a.split)
 def _coverage(a): return _call("anchors", "coverage_command", path=a.path, sample=a.sample, model=a.model,
-                               image_size=a.image_size, out=a.out)
+                               image_size=a.image_size, out=a.out, weights=a.weights, num_classes=a.num_classes,
+                               min_size=a.min_size, max_size=a.max_size)
 def _demo(a): return _call("report", "demo_command", out=a.out, device=a.device, epochs=a.epochs,
                            image_size=a.image_size, model=a.model, fast=a.fast)
 def _report(a): return _call("report", "report_command", data=a.data, out=a.out, device=a.device, epochs=a.epochs,
-                             image_size=a.image_size, model=a.model, fast=a.fast)
+                             image_size=a.image_size, model=a.model, fast=a.fast, weights=a.weights,
+                             num_classes=a.num_classes, min_size=a.min_size, max_size=a.max_size, split=a.split,
+                             score_thresh=a.score_thresh)
 
 # %% ../nbs/09_cli.ipynb #244d6a7f
 def _add_detector_args(p, models):
     p.add_argument("--out", default="weldiag-report", help="folder for report.html, summary.json and the PNGs")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 3, or 1 with --fast)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 3, or 1 with --fast; with --weights 0: your model is only diagnosed)")
     p.add_argument("--image-size", type=int, default=None, help="short side the detector resizes images to")
-    p.add_argument("--model", choices=models, default="retinanet", help="detector to build and diagnose")
+    if models: p.add_argument("--model", choices=models, default="retinanet", help="detector to build and diagnose")
+    else: p.add_argument("--model", default="retinanet", metavar="ARCH",
+                         help="retinanet, ssdlite or fcos (a small one trained here); with --weights any torchvision "
+                              "detection builder, e.g. fasterrcnn_mobilenet_v3_large_fpn")
     p.add_argument("--fast", action="store_true", help="a smoke-test run under a minute on a CPU")
+
+def _add_weights_args(p):
+    p.add_argument("--weights", default=None, metavar="CKPT",
+                   help="your trained state_dict (torch.save(model.state_dict(), path)); only read, never written")
+    p.add_argument("--num-classes", type=int, default=None, help="the builder's num_classes (default: from --weights)")
+    p.add_argument("--min-size", type=int, default=None, help="your model's transform min_size, as you trained it")
+    p.add_argument("--max-size", type=int, default=None, help="your model's transform max_size, as you trained it")
 
 class _Parser(argparse.ArgumentParser):
     "argparse, but a bad argument is one line on stderr (no usage block) and exit code 2"
@@ -53,9 +66,11 @@ def build_parser()->argparse.ArgumentParser:
     c = sub.add_parser("coverage", help="can the model's anchors match the dataset's boxes?")
     c.add_argument("path", nargs="?", help="dataset folder or file")
     c.add_argument("--sample", action="store_true", help="use the bundled LoHi-WELD weld sample")
-    c.add_argument("--model", default="retinanet",
-                   choices=["retinanet", "fasterrcnn", "ssd", "ssdlite", "fcos", "fastai-ssd"])
+    c.add_argument("--model", default="retinanet", metavar="ARCH",
+                   help="retinanet, fasterrcnn, ssd, ssdlite, fcos (torchvision's default builders), fastai-ssd, or any "
+                        "torchvision detection builder name")
     c.add_argument("--image-size", type=int, default=None, help="model input size (short side / square side)")
+    _add_weights_args(c)
     c.add_argument("--out", default="weldiag-coverage", help="folder for the PNG plots")
     c.set_defaults(fn=_coverage)
     m = sub.add_parser("demo", help="diagnose a small detector on the bundled weld sample, end to end")
@@ -63,7 +78,11 @@ def build_parser()->argparse.ArgumentParser:
     m.set_defaults(fn=_demo)
     r = sub.add_parser("report", help="the demo's report for your own dataset")
     r.add_argument("--data", required=True, help="dataset folder or file (any format the readers accept)")
-    _add_detector_args(r, ["retinanet", "ssdlite", "fcos"])
+    _add_detector_args(r, None)
+    _add_weights_args(r)
+    r.add_argument("--split", default="val", choices=["val", "train", "test"], help="the split evaluated and drawn")
+    r.add_argument("--score-thresh", type=float, default=None, help="with --weights: lowest score your model's "
+                   "postprocess keeps (torchvision's default 0.05; lower keeps the low-scored boxes COCO AP counts)")
     r.set_defaults(fn=_report)
     return p
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['Walked', 'walk_outputs', 'select_modules', 'detector_parts', 'Hooks']
+__all__ = ['Walked', 'walk_outputs', 'select_modules', 'Hooks']
 
 # %% ../nbs/00_hooks.ipynb #d18c8689
 class Walked(list):
@@ -103,43 +103,6 @@ def select_modules(
     specs = modules if isinstance(modules, list) else [modules]
     keep = sorted({i for spec in specs for i in _match_one(spec, named)})
     return [named[i] for i in keep]
-
-# %% ../nbs/00_hooks.ipynb #ed1710a5
-def _get(model:nn.Module, path:str)->nn.Module | None:
-    "The submodule at dotted `path`, or None if any part is missing."
-    for part in path.split("."):
-        model = getattr(model, part, None)
-        if model is None: return None
-    return model
-
-# part name -> candidate attribute paths (first present wins)
-_DETECTOR_PARTS = {
-    "body": ["backbone.body", "backbone"],   # SSD: the whole feature extractor (it iterates `.features` / `.extra`
-    "fpn": ["backbone.fpn"],                 # block by block, so hooks on those containers would never fire)
-    "cls_head": ["head.classification_head"],
-    "box_head": ["head.regression_head"],
-    "rpn_head": ["rpn.head"],
-    "roi_box_head": ["roi_heads.box_head"],
-    "roi_predictor": ["roi_heads.box_predictor"],
-    "mask_head": ["roi_heads.mask_head"],
-    "mask_predictor": ["roi_heads.mask_predictor"],
-    "keypoint_head": ["roi_heads.keypoint_head"],
-    "keypoint_predictor": ["roi_heads.keypoint_predictor"],
-}
-
-# %% ../nbs/00_hooks.ipynb #41cfeaf8
-def detector_parts(
-    model:nn.Module,          # a torchvision RetinaNet, FCOS, SSD, SSDlite, Faster/Mask/Keypoint R-CNN (or alike)
-)->dict[str, nn.Module]:      # e.g. {"body":..., "fpn":..., "cls_head":..., "box_head":...}
-    "The backbone body, FPN and heads of a torchvision-style detector."
-    parts = {}
-    for part, paths in _DETECTOR_PARTS.items():
-        m = next((m for m in map(lambda p: _get(model, p), paths) if m is not None), None)
-        if m is not None and not any(m is v for v in parts.values()): parts[part] = m
-    if not any(k.endswith(("head", "predictor")) for k in parts) or "body" not in parts:
-        raise ValueError(f"detector_parts: {type(model).__name__} has no torchvision-style `backbone` and heads "
-                         f"(looked for {', '.join(p for ps in _DETECTOR_PARTS.values() for p in ps)})")
-    return parts
 
 # %% ../nbs/00_hooks.ipynb #16db4c83
 _REGISTER = {"forward": "register_forward_hook", "forward_pre": "register_forward_pre_hook",

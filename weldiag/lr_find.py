@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .models import to_device
+from .detectors import as_detector
 
 BETA = 0.98  # smoothing of fastai's Recorder / AvgSmoothLoss
 
@@ -55,6 +56,12 @@ def _loss_source(model:nn.Module, loss_fn:Callable|None, step_fn:Callable|None)-
             x, y = _split_pair(b, "loss_fn")
             return loss_fn(model(x), y)
         return f, "loss_fn(model(x), y)"
+    det = as_detector(model)
+    if det.takes_targets:      # a detector family weldiag knows: its own training call, dataset labels shifted inside
+        def d(b):
+            x, y = _split_pair(b, "a detector")
+            return det.loss(x, y)
+        return d, f"{det.name}(images, targets)"
     def g(b):
         x, y = _split_pair(b, "a loss-dict model")
         return model(x, y)
@@ -476,13 +483,6 @@ def _is_fastai_learner(o)->bool:
     "A fastai `Learner` (checked by class name and module, so fastai is never imported here)"
     return any(c.__name__ == "Learner" and c.__module__.startswith("fastai") for c in type(o).__mro__)
 
-def _is_torchvision_detector(model:nn.Module)->bool:
-    "torchvision detection models take targets in train mode and return a loss dict"
-    from torchvision.models.detection import FCOS, RetinaNet
-    from torchvision.models.detection.ssd import SSD
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-    return isinstance(model, (GeneralizedRCNN, RetinaNet, FCOS, SSD))
-
 def _from_learner(learn, dl, opt, loss_fn, step_fn, targets_in_model:bool|None)->tuple:
     "(model, dl, opt, step_fn, undo) for a fastai Learner: its train loader, its optimizer, its loss or the model's loss dict"
     dl = learn.dls.train if dl is None else dl
@@ -491,8 +491,10 @@ def _from_learner(learn, dl, opt, loss_fn, step_fn, targets_in_model:bool|None)-
         if created: learn.create_opt()
         opt = learn.opt
     if step_fn is None and loss_fn is None:
-        if _is_torchvision_detector(learn.model) if targets_in_model is None else targets_in_model:
-            step_fn = lambda m, b: m(*b)  # icevision pattern: the batch (images, targets) goes into the model, which returns losses
+        det = as_detector(learn.model)
+        if det.takes_targets if targets_in_model is None else targets_in_model:
+            # icevision pattern: the batch (images, targets) goes into the model, which returns losses (its adapter's call)
+            step_fn = (lambda m, b: det.loss(*b)) if det.takes_targets else (lambda m, b: m(*b))
         else:
             def step_fn(m, b):            # as fastai's Learner: first n_inp items are inputs, the rest targets
                 n = getattr(learn.dls, "n_inp", 1 if len(b) == 1 else len(b) - 1)

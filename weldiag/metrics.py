@@ -11,6 +11,8 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 
+from .detectors import as_detector
+
 # %% auto #0
 __all__ = ['MODES', 'COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'ERROR_TYPES', 'Boxes', 'flatten_boxes', 'coco_iou', 'coco_match',
            'coco_accumulate', 'coco_summarize', 'voc_iou', 'voc_match', 'voc_ap', 'EvalReport', 'evaluate', 'to_coco',
@@ -802,41 +804,38 @@ def _records_in_order(dl)->list:
         raise ValueError("predict: dl shuffles or samples; use a DataLoader with shuffle=False so predictions line up with images")
     return list(recs)
 
-def _label_offset(model, dl, label_offset):
+def _target_offset(dl, label_offset)->int:
+    "What the loader added to its target labels: given, else `dl.dataset.label_offset`, else 0 (dataset labels)"
     if label_offset is not None: return int(label_offset)
     off = getattr(getattr(dl, "dataset", None), "label_offset", None)
-    if off is not None: return int(off)
-    from weldiag.models import label_offset as model_offset
-    return model_offset(model)
+    return int(off) if off is not None else 0
 
 def predict(
-    model:torch.nn.Module,   # a torchvision detection model (returns a list of {"boxes", "scores", "labels"} in eval mode)
+    model:torch.nn.Module,   # a detector its adapter can run (`weldiag.detectors`): torchvision, or any `Detector`
     dl,                      # iterable of (list of CHW images, list of targets), e.g. a DataLoader over DetectionTorchDataset
-    label_offset:int=None,   # subtracted from labels; None: dl.dataset.label_offset, else from the model type
+    label_offset:int=None,   # subtracted from the *targets'* labels; None: dl.dataset.label_offset, else 0
     device=None,             # default: the model's device
     score_thr:float=0.0,     # drop detections below this score (the model's own box_score_thresh applies first)
     progress:bool=True,      # fastprogress bar
 )->tuple:                    # (preds, targets): per image dicts in original image pixels, labels 0..K-1
     "Run a detector over `dl` without gradients and return predictions and targets ready for `evaluate`"
     from fastprogress.fastprogress import progress_bar
-    off, recs = _label_offset(model, dl, label_offset), _records_in_order(dl)
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training; model.eval()
+    det = as_detector(model)   # the model's own postprocess, predictions in dataset labels 0..K-1
+    off, recs = _target_offset(dl, label_offset), _records_in_order(dl)
+    dev = torch.device(device) if device is not None else next(det.model.parameters()).device
     preds, targets = [], []
-    try:
-        with torch.no_grad():
-            for images, tgts in (progress_bar(dl) if progress else dl):
-                for im, o, t in zip(images, model([im.to(dev) for im in images]), tgts):
-                    keep, i = o["scores"] >= score_thr, len(preds)
-                    b = o["boxes"][keep]
-                    if recs is not None:                              # model input pixels -> original image pixels
-                        (W, H), (h, w) = recs[i].size, im.shape[-2:]
-                        b = b * torch.tensor([W / w, H / h, W / w, H / h], dtype=b.dtype, device=b.device)
-                        r = recs[i]; t = {"boxes": r.boxes, "labels": r.labels + off}
-                        if r.difficult is not None: t["difficult"] = r.difficult
-                    preds.append({"boxes": b, "scores": o["scores"][keep], "labels": o["labels"][keep] - off})
-                    targets.append({**t, "labels": t["labels"] - off})
-    finally: model.train(was_training)
+    for images, tgts in (progress_bar(dl) if progress else dl):
+        for im, o, t in zip(images, det.predict([im.to(dev) for im in images]), tgts):
+            keep, i = o["scores"] >= score_thr, len(preds)
+            b = o["boxes"][keep]
+            t = {**t, "labels": t["labels"] - off}
+            if recs is not None:                              # the image as fed -> original image pixels
+                (W, H), (h, w) = recs[i].size, im.shape[-2:]
+                b = b * torch.tensor([W / w, H / h, W / w, H / h], dtype=b.dtype, device=b.device)
+                r = recs[i]; t = {"boxes": r.boxes, "labels": r.labels}
+                if r.difficult is not None: t["difficult"] = r.difficult
+            preds.append({"boxes": b, "scores": o["scores"][keep], "labels": o["labels"][keep]})
+            targets.append(t)
     return preds, targets
 
 # %% ../nbs/06_metrics.ipynb #4f55bae5

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import Hooks, select_modules, walk_outputs
+from .detectors import as_detector
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'ACTIVATIONS', 'to_per_anchor', 'flatten_per_anchor', 'activate', 'HeadSpec', 'head_spec', 'Grid',
@@ -105,6 +106,7 @@ class HeadSpec:
     columns:int=None            # raw columns per anchor; default K (+1 with background) (+5 for "yolo")
     classes:list=None           # class names; default "0".."K-1"
     name:str="custom"           # what kind of head this is, shown in plots
+    agnostic:bool=False         # one class-agnostic score (RPN objectness): `classes` name the GT boxes, all of them drawn
 
     def __post_init__(self):
         if isinstance(self.modules, (str, nn.Module)): self.modules = [self.modules]
@@ -128,60 +130,12 @@ class HeadSpec:
         return int(self.anchors[level])
 
 # %% ../nbs/04_probmaps.ipynb #11d010a4
-def _torchvision_spec(model:nn.Module):
-    "HeadSpec for torchvision RetinaNet / FCOS / SSD / SSDlite / Faster R-CNN, or None"
-    from torchvision.models.detection import FCOS, RetinaNet
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-    from torchvision.models.detection.ssd import SSD
-    if isinstance(model, (RetinaNet, FCOS)):
-        ch, fcos = model.head.classification_head, isinstance(model, FCOS)
-        return HeadSpec(["head.classification_head.cls_logits"], ch.num_classes, ch.num_anchors, "N(AK)HW", "sigmoid",
-                        centerness="head.regression_head.bbox_ctrness" if fcos else None,
-                        anchor_module="anchor_generator", name="fcos" if fcos else "retinanet")
-    if isinstance(model, SSD):  # softmax over K+1 columns, background column 0; A differs per level
-        ch = model.head.classification_head
-        return HeadSpec([f"head.classification_head.module_list.{i}" for i in range(len(ch.module_list))],
-                        ch.num_columns - 1, model.anchor_generator.num_anchors_per_location(), "N(AK)HW", "softmax",
-                        background=0, anchor_module="anchor_generator", name="ssd")
-    if isinstance(model, GeneralizedRCNN) and hasattr(model, "rpn"):
-        # Dense scores exist only for the RPN's objectness: class scores come per RoI (see `roi_class_scores`)
-        return HeadSpec(["rpn.head.cls_logits"], 1, model.rpn.anchor_generator.num_anchors_per_location()[0],
-                        "N(AK)HW", "sigmoid", anchor_module="rpn.anchor_generator", classes=["objectness"], name="rpn")
-    return None
-
-def _is_yolo_detect(m:nn.Module)->bool: return all(hasattr(m, a) for a in ("na", "nc", "nl", "no")) and hasattr(m, "m")
-def _is_fastai_outconv(m:nn.Module)->bool: return all(hasattr(m, a) for a in ("oconv1", "oconv2", "k"))
-
 def head_spec(
     model:nn.Module,      # the detector (a fastai Learner's `.model` works)
     classes:list=None,    # class names (K); default from the model or "0".."K-1"
 )->HeadSpec:
-    "Recognise the head of a torchvision, YOLO-style or fastai-course SSD detector; raises naming the spec to give"
-    spec = _torchvision_spec(model)
-    if spec is None:
-        named = list(model.named_modules())
-        yolo = [(n, m) for n, m in named if _is_yolo_detect(m)]
-        outc = [(n, m) for n, m in named if _is_fastai_outconv(m)]
-        if yolo:    # YOLOv5-style Detect: per level (bs, na, ny, nx, 5+nc); class prob = sigmoid(cls) * sigmoid(obj)
-            n, m = yolo[-1]
-            st = getattr(m, "stride", None)
-            strides = [(float(s), float(s)) for s in st] if torch.is_tensor(st) and st.numel() == m.nl and (st > 0).all() else None
-            spec = HeadSpec([n], int(m.nc), int(m.na), "NAHW(5+K)", "yolo", strides=strides, name="yolo")
-        elif outc:  # fastai-course SSD_MultiHead: OutConv.oconv1 is (N, k*(K+1), H, W), sigmoid, background last
-            m = outc[0][1]
-            spec = HeadSpec([f"{n}.oconv1" for n, _ in outc], m.oconv1.out_channels // m.k - 1, int(m.k), "N(AK)HW",
-                            "sigmoid", background=-1, name="fastai-ssd")
-        else:
-            convs = [n for n, m in named if isinstance(m, nn.Conv2d)][-4:]
-            raise ValueError(
-                f"head_spec: cannot recognise the head of {type(model).__name__} (not a torchvision RetinaNet/FCOS/SSD/"
-                f"Faster R-CNN, a YOLO-style Detect or a fastai-course SSD head). Pass spec=HeadSpec(modules=[...], "
-                f"num_classes=K, anchors=A, layout=one of {LAYOUTS}, activation=...); last convs: {convs}")
-    if classes is not None:
-        if len(classes) != spec.num_classes:
-            raise ValueError(f"head_spec: {len(classes)} class names but the {spec.name} head has K={spec.num_classes}")
-        spec.classes = list(classes)
-    return spec
+    "The head of a torchvision, YOLO-style or fastai-course SSD detector, as its adapter (`weldiag.detectors`) reads it"
+    return as_detector(model).head_spec(classes)
 
 # %% ../nbs/04_probmaps.ipynb #595669b6
 @dataclass
@@ -216,18 +170,16 @@ class Grid:
         return F.grid_sample(m[None], grid, mode=mode, padding_mode="border", align_corners=True)[0]
 
 # %% ../nbs/04_probmaps.ipynb #6d6137a4
-def _torchvision_transform(model:nn.Module):
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
-    t = getattr(model, "transform", None)
-    return t if isinstance(t, GeneralizedRCNNTransform) else None
+def _model_transform(model:nn.Module):
+    "The module that resizes and batches the images inside the model (torchvision's transform), or None"
+    return as_detector(model).transform
 
 def _check_images(images, model:nn.Module)->list:
     "A batch (N, C, H, W), one (C, H, W) image or a list of them -> list of float CHW tensors, with clear errors"
     if torch.is_tensor(images): images = list(images) if images.ndim == 4 else [images]
     if not isinstance(images, (list, tuple)) or not images:
         raise ValueError(f"images: expected a float tensor (N, C, H, W), (C, H, W) or a list of (C, H, W), got {type(images).__name__}")
-    t = _torchvision_transform(model)
-    n_ch = len(t.image_mean) if t is not None else None
+    n_ch = as_detector(model).n_channels
     out = []
     for i, im in enumerate(images):
         if not torch.is_tensor(im): raise ValueError(f"images[{i}]: expected a tensor, got {type(im).__name__}")
@@ -265,7 +217,7 @@ def _model_device(model:nn.Module):
 def _run_hooked(model:nn.Module, images:list, names:list)->tuple:
     "Run `model` (eval, no grad) with forward hooks on `names`; returns the [(name, output)] calls, the ImageList, the output"
     pairs = [p for n in names for p in select_modules(model, n)]
-    tv = _torchvision_transform(model)
+    tv = _model_transform(model)
     if tv is not None: pairs.append(("__transform__", tv))
     calls, dev = [], _model_device(model)
     def keep(name, module, inp, out): calls.append((name, out))  # no host sync in the hook
@@ -403,10 +355,13 @@ def _overlay(ax, image, heat, vmax:float=None, threshold:float=0.0, alpha:float=
     if title: ax.set_title(title, fontsize=9)
     return im
 
-def _draw_gt(ax, target, classes, cls:int=None):
+def _draw_gt(ax, target, pm, cls:int=None):
+    "GT boxes of `target` (only class `cls` if given, all of them on a class-agnostic map)"
     from weldiag.data import draw_boxes
     boxes, labels = _gt(target)
     if boxes is None or len(boxes) == 0: return
+    classes = pm.classes
+    if getattr(pm, "agnostic", False): classes, cls = None, None
     if cls is not None:
         keep = torch.as_tensor(labels) == cls
         boxes, labels = torch.as_tensor(boxes)[keep], torch.as_tensor(labels)[keep]
@@ -421,6 +376,7 @@ class ProbMaps:
     classes:list              # K class names
     kind:str="custom"         # head kind
     targets:list=None         # per image GT (`Record` or {'boxes', 'labels'}), original pixels, labels 0..K-1
+    agnostic:bool=False       # a class-agnostic score (RPN objectness): every GT box is drawn on it
 
     def __len__(self): return len(self.maps)
     def __getitem__(self, i:int)->list: return self.maps[i]
@@ -505,7 +461,7 @@ def class_prob_maps(
                      None if ctr is None else ctr[l][i].reshape(A[l], *shapes[l]),
                      None if score is None else score[i], spec.name) for l in range(L)] for i in range(len(images))]
     shown = list(shown) if shown is not None else images
-    return ProbMaps(maps, shown, list(spec.classes), spec.name, None if targets is None else list(targets))
+    return ProbMaps(maps, shown, list(spec.classes), spec.name, None if targets is None else list(targets), spec.agnostic)
 
 # %% ../nbs/04_probmaps.ipynb #95d0b76c
 @dataclass
@@ -534,7 +490,9 @@ def roi_class_scores(
 )->RoIScores:
     "Per-RoI class probabilities of a two-stage detector: what its dense RPN map cannot show"
     model, images, shown = _unwrap_fastai(model, images)
-    if not hasattr(model, "roi_heads"): raise ValueError(f"roi_class_scores: {type(model).__name__} has no roi_heads (Faster R-CNN)")
+    if not as_detector(model).two_stage:
+        raise ValueError(f"roi_class_scores: {type(model).__name__} is not a two-stage detector (Faster / Mask / Keypoint R-CNN); "
+                         "use class_prob_maps")
     images = _check_images(images, model)
     calls, image_list, dets = _run_hooked(model, images, ["rpn", "roi_heads.box_predictor"])
     proposals = next(o[0] for n, o in calls if n == "rpn")                       # list of (R_i, 4), model-input pixels
@@ -557,7 +515,7 @@ def plot_class_maps(pm:ProbMaps, i:int=0, classes:list=None, levels:list=None, v
     fig, axs = _fig_rows(len(ks), aspect=_aspect(pm.images[i]), figsize=figsize)
     for ax, k in zip(axs[:, 0], ks):
         im = _overlay(ax, pm.images[i], heat[k], vmax, threshold, title=f"{pm.kind} · p({pm.classes[k]}) · max {float(heat[k].max()):.3f}")
-        _draw_gt(ax, pm.targets[i] if pm.targets else None, pm.classes, k)
+        _draw_gt(ax, pm.targets[i] if pm.targets else None, pm, k)
     fig.colorbar(im, ax=axs[:, 0].tolist(), label="class probability", shrink=0.9)
     return fig
 
@@ -593,7 +551,7 @@ def plot_max_map(pm:ProbMaps, i:int=0, vmax:float=None, figsize=None):
     axs[1, 0].imshow(a, cmap=ListedColormap(class_colors(len(pm.classes))), vmin=-0.5, vmax=len(pm.classes) - 0.5,
                      alpha=0.5, interpolation="nearest")
     add_class_legend(axs[1, 0], pm.classes, loc="upper right", ncol=len(pm.classes))
-    for ax in axs[:, 0]: _draw_gt(ax, pm.targets[i] if pm.targets else None, pm.classes)
+    for ax in axs[:, 0]: _draw_gt(ax, pm.targets[i] if pm.targets else None, pm)
     return fig
 
 def plot_checkpoints(
@@ -613,7 +571,7 @@ def plot_checkpoints(
     what = "max over classes" if k is None else f"p({maps[0].classes[k]})"
     for ax, m, h, lab in zip(axs[:, 0], maps, heats, labels):
         im = _overlay(ax, m.images[i], h, vmax, title=f"{lab}: {what}, max {float(h.max()):.3f}")
-        _draw_gt(ax, m.targets[i] if m.targets else None, m.classes, k)
+        _draw_gt(ax, m.targets[i] if m.targets else None, m, k)
     fig.colorbar(im, ax=axs[:, 0].tolist(), label="class probability", shrink=0.9)
     return fig
 
@@ -693,9 +651,7 @@ def feature_maps(
     model, images, shown = _unwrap_fastai(model, images)
     images = _check_images(images, model)
     if layers is None:
-        from weldiag.hooks import detector_parts
-        parts = detector_parts(model)
-        layers = [parts.get("fpn", parts["body"])]
+        layers = as_detector(model).feature_layers()
     names = [n for n, _ in select_modules(model, layers)]
     calls, image_list, _ = _run_hooked(model, images, names)
     Hp, Wp = image_list.tensors.shape[-2:] if image_list is not None else images[0].shape[-2:]
@@ -774,7 +730,7 @@ class ProbMapExplorer:
         what = "max over classes" if k < 0 else f"p({pm.classes[k]})"
         im = _overlay(ax, pm.images[0], heat, None, thr,
                       title=f"image {i} · {what} · {'all levels' if l < 0 else f'level {l}'} · max {float(heat.max()):.3f}")
-        _draw_gt(ax, pm.targets[0], pm.classes, None if k < 0 else k)
+        _draw_gt(ax, pm.targets[0], pm, None if k < 0 else k)
         self.fig.colorbar(im, ax=ax, label="class probability", shrink=0.9)
         self.fig.canvas.draw()
         with self.out:

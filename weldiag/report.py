@@ -5,7 +5,7 @@
 # %% ../nbs/08_report.ipynb #1b6b4cb8
 from __future__ import annotations
 import os
-import base64, html, io, json, math, re, sys, time
+import base64, copy, html, io, json, math, re, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -16,17 +16,18 @@ import matplotlib.pyplot as plt
 
 from .data import (DetectionDataset, DetectionTorchDataset, detection_collate, weld_sample, load_dataset,
                           dataset_stats, draw_boxes, show_image, add_class_legend)
-from .models import small_detector, label_offset, train_detector
+from .models import small_detector, train_detector
+from .detectors import as_detector, load_detector
 from .anchors import coverage, suggest_anchors
 from .lr_find import lr_find
 from .activations import ActivationStats
 from .metrics import evaluate, predict
-from .probmaps import class_prob_maps, feature_maps, plot_class_maps, plot_level_grid
+from .probmaps import class_prob_maps, feature_maps, plot_class_maps, plot_level_grid, roi_class_scores
 
 # %% auto #0
-__all__ = ['MODELS', 'LR_RANGE', 'SCORE_THRESH', 'STEPS', 'fig_to_png', 'Section', 'HTMLReport', 'DemoConfig', 'resolve_device',
-           'split_dataset', 'load_splits', 'Run', 'data_step', 'coverage_step', 'lr_step', 'train_step', 'eval_step',
-           'maps_step', 'diagnose', 'demo_command', 'report_command']
+__all__ = ['MODELS', 'SPLITS', 'LR_RANGE', 'SCORE_THRESH', 'STEPS', 'TRAINING_STEPS', 'fig_to_png', 'Section', 'HTMLReport',
+           'DemoConfig', 'resolve_device', 'split_dataset', 'load_splits', 'Run', 'data_step', 'coverage_step',
+           'lr_step', 'train_step', 'eval_step', 'maps_step', 'diagnose', 'demo_command', 'report_command']
 
 # %% ../nbs/08_report.ipynb #bc7a7d25
 _CSS = """
@@ -226,15 +227,21 @@ def split_dataset(ds:DetectionDataset, valid:float=0.2, seed:int=0)->tuple:
     n_val = min(len(ds) - 1, max(1, round(len(ds) * valid)))
     return ds[sorted(idx[n_val:].tolist())], ds[sorted(idx[:n_val].tolist())]
 
-def load_splits(data=None, seed:int=0)->tuple:
-    "(train, valid, how): the weld sample's own split when `data` is None, else the user's dataset"
-    if data is None: return weld_sample("train"), weld_sample("val"), "the bundled LoHi-WELD sample's own train / val split"
+SPLITS = ("val", "train", "test")
+
+def load_splits(data=None, seed:int=0, split:str="val")->tuple:
+    "(train, evaluated, how): the weld sample's own split when `data` is None, else the user's dataset; `split` is evaluated"
+    if split not in SPLITS: raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    if data is None:
+        if split == "test": raise ValueError("--split test: the weld sample has only train and val")
+        return weld_sample("train"), weld_sample(split), f"the bundled LoHi-WELD sample's own train / {split} split"
     p = Path(data)
     if not p.exists(): raise ValueError(f"--data {data}: no such file or folder")
-    try: tr, va = load_dataset(p, split="train"), load_dataset(p, split="val")
+    try: tr, va = load_dataset(p, split="train"), load_dataset(p, split=split)
     except ValueError: tr = va = None
-    if tr is not None and len(tr) and len(va) and {r.path for r in tr}.isdisjoint(r.path for r in va):
-        return tr, va, "the dataset's own train / val split"
+    if tr is not None and len(tr) and len(va) and (split == "train" or {r.path for r in tr}.isdisjoint(r.path for r in va)):
+        return tr, va, f"the dataset's own train / {split} split"
+    if split == "test": raise ValueError(f"--data {data}: no test split found")
     ds = load_dataset(p)
     if ds.n_boxes == 0: raise ValueError(f"--data {data}: the dataset has {len(ds)} images but no boxes")
     tr, va = split_dataset(ds, 0.2, seed)
@@ -253,13 +260,18 @@ class Run:
     summary:dict = field(default_factory=dict)
     lr:float = 1e-3                # learning rate the training step uses (set by the lr-finder step)
     history:list = field(default_factory=list)
+    given:str = None               # what the user's own model is (None: weldiag's small detector, built here)
 
     @property
     def classes(self)->list: return self.train.classes
+    @property
+    def size(self):
+        "Short side the loader resizes to: the demo's image size, none for the user's model (it resizes itself)"
+        return None if self.given else self.cfg.image_size
     def loader(self, ds, shuffle:bool=False):
-        "DataLoader of `ds` as the model takes it (resized to the short side, background offset)"
+        "DataLoader of `ds` with dataset labels 0..K-1 (the model's adapter adds its background offset)"
         g = torch.Generator().manual_seed(self.cfg.seed)
-        return torch.utils.data.DataLoader(DetectionTorchDataset(ds, self.cfg.image_size, label_offset(self.model)),
+        return torch.utils.data.DataLoader(DetectionTorchDataset(ds, self.size),
                                            batch_size=self.cfg.batch_size, shuffle=shuffle, generator=g,
                                            collate_fn=detection_collate, drop_last=shuffle and len(ds) > self.cfg.batch_size)
 
@@ -424,7 +436,7 @@ def eval_step(run:Run):
                "(solid) and predictions with score ≥ 0.3 (dashed). Lower the score threshold if boxes are right but "
                "scores low.")
     run.summary["evaluation"] = {k: float(v) for k, v in s.items()} | {"ap_per_class": {run.classes[k]: float(v)
-                                 for k, v in ev.ap.items()}}
+                                 for k, v in ev.ap.items()}, "detections": int(sum(len(p["boxes"]) for p in preds))}
 
 def _plot_predictions(run:Run, preds:list, n:int=4, thr:float=0.3):
     "Ground truth and predictions above `thr` on the first `n` validation images"
@@ -448,15 +460,22 @@ def maps_step(run:Run):
                 "class yet, bright background means false alarms to come.")
     idx = np.linspace(0, len(run.valid) - 1, min(run.cfg.n_maps, len(run.valid))).round().astype(int).tolist()
     recs = [run.valid[i] for i in idx]
-    images = [DetectionTorchDataset(run.valid[i:i + 1], run.cfg.image_size)[0][0].to(run.device) for i in idx]
+    images = [DetectionTorchDataset(run.valid[i:i + 1], run.size)[0][0].to(run.device) for i in idx]
     run.model.eval()
     pm = class_prob_maps(run.model, images, targets=[_scaled_target(r, im) for r, im in zip(recs, images)], classes=run.classes)
+    if pm.agnostic: rep.note("This two-stage detector has no dense class scores: the maps show its RPN's class-agnostic "
+                             "objectness, with every ground-truth box drawn; the class scores per RoI follow below.")
     for j, r in enumerate(recs):
-        rep.figure(plot_class_maps(pm, j), f"probmap_{j}", f"{r.path.name}: probability of each class (max over levels "
-                   "and anchors), GT boxes drawn.")
+        rep.figure(plot_class_maps(pm, j), f"probmap_{j}", f"{r.path.name}: " + ("RPN objectness (max over levels and "
+                   "anchors), all GT boxes drawn." if pm.agnostic else "probability of each class (max over levels "
+                   "and anchors), GT boxes drawn."))
     rep.figure(plot_level_grid(pm, 0), "probmap_levels", f"{recs[0].path.name}: the maximum class probability per "
                "feature level. Small defects should light up on the fine levels (first rows).")
     rep.table(pm.to_frame().round(4), "Per image and level: grid size, stride and max / mean probability per class.", index=False)
+    if as_detector(run.model).two_stage:
+        rs = roi_class_scores(run.model, images[:1], classes=run.classes)
+        rep.figure(rs.plot(0), "roi_scores", f"{recs[0].path.name}: the proposals with the highest RoI-head class "
+                   "probability, with class and probability (boxes in the image's pixels).")
     fm = feature_maps(run.model, images[:1])
     rep.heading("Feature maps")
     rep.figure(fm.plot(0), "feature_maps", f"{recs[0].path.name}: channel mean and first principal component of each "
@@ -474,42 +493,77 @@ SCORE_THRESH = {"retinanet": {"score_thresh": 0.01}, "fcos": {"score_thresh": 0.
 
 STEPS = (("data", data_step), ("anchor coverage", coverage_step), ("lr finder", lr_step),
          ("training + activations", train_step), ("evaluation", eval_step), ("probability maps", maps_step))
+TRAINING_STEPS = ("lr finder", "training + activations")
 
 def _header(rep:HTMLReport, run:Run, how:str):
     c = run.cfg
-    rep.section("Run", f"Model **{c.model}** (torchvision, randomly initialised, tiny backbone, "
-                f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.2f} M parameters) on **{run.device}**, images "
-                f"resized to a short side of {c.image_size} px, {c.epochs} epoch(s)"
+    n_par = f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.2f} M parameters"
+    if run.given:
+        t = as_detector(run.model).transform
+        size = (f"resized by the model itself (min_size {t.min_size[-1]}, max_size {t.max_size})" if t is not None and
+                t.fixed_size is None else "resized by the model itself")
+        train = (f"fine-tuned on a copy for {c.epochs} epoch(s)" + (f" capped at {c.max_steps} steps" if c.max_steps else "")
+                 if c.epochs else "diagnosed as it is: nothing is trained (lr-finder and activation statistics need --epochs)")
+        rep.section("Run", f"Model **{c.model}**: {run.given}, {n_par}, on **{run.device}**; images {size}; {train}. "
+                    f"Data: {how}.")
+        return
+    rep.section("Run", f"Model **{c.model}** (torchvision, randomly initialised, tiny backbone, {n_par}) on "
+                f"**{run.device}**, images resized to a short side of {c.image_size} px, {c.epochs} epoch(s)"
                 + (f" capped at {c.max_steps} steps" if c.max_steps else "") + f", batch {c.batch_size}. Data: {how}."
                 + (" Detections down to score 0.01 are kept for evaluation, as COCO evaluation expects." if c.model in SCORE_THRESH else "")
                 + (" This is a `--fast` smoke run: numbers are for checking the pipeline, not the model." if c.fast else ""))
 
+def _own_model(model, classes:list, dev, epochs:int):
+    "The user's model on `dev` (a copy when it will be fine-tuned), checked against the dataset's classes"
+    det = as_detector(model)
+    if not det.takes_targets and epochs: raise ValueError(f"{det.name}: weldiag cannot train this model; use epochs=0")
+    K = det.num_classes
+    if K != len(classes):
+        raise ValueError(f"the model predicts {K} classes but the dataset has {len(classes)} ({', '.join(classes)}); "
+                         f"load the weights with the dataset's class count")
+    return (copy.deepcopy(det.model) if epochs else det.model).to(dev)
+
 def diagnose(
-    out,                       # folder for report.html, summary.json and the PNGs
+    out="weldiag-report",      # folder for report.html, summary.json and the PNGs
     data=None,                 # a dataset path (any format `load_dataset` reads); None: the bundled weld sample
-    cfg:DemoConfig=None,       # settings; default `DemoConfig()`
+    cfg:DemoConfig=None,       # settings; default `DemoConfig()` (with `model`: no training)
     device="auto",             # auto, cpu, cuda, cuda:N
     verbose:bool=True,         # print a line per step
+    model=None,                # your own detector (any family `weldiag.detectors` knows); None: build a small one
+    split:str="val",           # the split evaluated and drawn: val, train or test
+    model_name:str=None,       # how the report names your model (default: its class)
 )->dict:                       # the summary (also written to summary.json)
-    "Diagnose a small detector on a dataset end to end and write a self-contained HTML report"
-    cfg = cfg or DemoConfig()
+    "Diagnose a detector (yours, or a small one trained here) on a dataset end to end and write a self-contained HTML report"
+    given = model is not None
+    cfg = cfg or (DemoConfig(model=model_name or type(as_detector(model).model).__name__, epochs=0) if given else DemoConfig())
     dev = resolve_device(device)
-    train, valid, how = load_splits(data, cfg.seed)
+    train, valid, how = load_splits(data, cfg.seed, split)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = small_detector(cfg.model, len(train.classes), min_size=cfg.image_size, max_size=max(800, 5 * cfg.image_size),
-                           **SCORE_THRESH.get(cfg.model, {})).to(dev)
+    if given:
+        home = next(as_detector(model).model.parameters()).device
+        model = _own_model(model, train.classes, dev, cfg.epochs)
+    else:
+        model = small_detector(cfg.model, len(train.classes), min_size=cfg.image_size, max_size=max(800, 5 * cfg.image_size),
+                               **SCORE_THRESH.get(cfg.model, {})).to(dev)
     name = "LoHi-WELD weld sample" if data is None else Path(data).name
-    rep = HTMLReport(f"weldiag report: {cfg.model} on {name}", f"{len(train)} train / {len(valid)} val images, "
+    rep = HTMLReport(f"weldiag report: {cfg.model} on {name}", f"{len(train)} train / {len(valid)} {split} images, "
                      f"classes {', '.join(train.classes)}", out=out)
+    desc = f"your {as_detector(model).family} detector {type(model).__name__}" if given else None
     run = Run(cfg, train, valid, model, dev, rep, summary={"config": asdict(cfg), "device": str(dev), "data": None,
-                                                           "dataset": str(data) if data else "weld_sample", "split": how})
+                                                           "dataset": str(data) if data else "weld_sample", "split": how,
+                                                           "evaluated_split": split, "model": desc or "small " + cfg.model},
+              given=desc)
     _header(rep, run, how)
+    steps = [s for s in STEPS if not (given and cfg.epochs == 0 and s[0] in TRAINING_STEPS)]
     t_all, timings = time.perf_counter(), {}
-    for i, (label, step) in enumerate(STEPS, 1):
-        if verbose: print(f"[{i}/{len(STEPS)}] {label} ...", flush=True)
-        t = time.perf_counter(); step(run); timings[label] = round(time.perf_counter() - t, 1)
-        if verbose: print(f"      {label}: {timings[label]:.1f} s", flush=True)
+    try:
+        for i, (label, step) in enumerate(steps, 1):
+            if verbose: print(f"[{i}/{len(steps)}] {label} ...", flush=True)
+            t = time.perf_counter(); step(run); timings[label] = round(time.perf_counter() - t, 1)
+            if verbose: print(f"      {label}: {timings[label]:.1f} s", flush=True)
+    finally:
+        if given and cfg.epochs == 0: model.to(home)   # the user's own object goes back where it was
     run.summary["timings_s"] = timings | {"total": round(time.perf_counter() - t_all, 1)}
     rep.sections[0].blocks[1:1] = [_cards(_headline(run.summary))]   # the results first, under the run description
     rep.sections[0].blocks.append("<h3>Time per step (s)</h3>" + _timing_table(run.summary["timings_s"]))
@@ -538,18 +592,20 @@ def _json_default(o):
     raise TypeError(f"summary.json: cannot write {type(o).__name__}")
 
 # %% ../nbs/08_report.ipynb #9845c5d5
-def _command(data, out, device, epochs, image_size, model, fast)->int:
-    cfg = DemoConfig.make(model, epochs, image_size, fast)
-    resolve_device(device)                       # fail fast, before any work
-    t = time.perf_counter()
-    s = diagnose(out, data, cfg, device)
+def _print_done(s:dict, what:str, out, t:float):
     out = Path(out).resolve()
     ev, cov = s.get("evaluation", {}), s.get("coverage", {})
-    print(f"\nweldiag: {cfg.model} on {s['dataset']} in {time.perf_counter() - t:.0f} s"
-          + (f"; val AP {ev['AP']:.3f}, AP50 {ev['AP50']:.3f}" if "AP" in ev else "")
+    print(f"\nweldiag: {what} on {s['dataset']} in {time.perf_counter() - t:.0f} s"
+          + (f"; {s.get('evaluated_split', 'val')} AP {ev['AP']:.3f}, AP50 {ev['AP50']:.3f}" if "AP" in ev else "")
           + (f"; anchor recall@0.5 {cov['recall@0.5']:.2f}" if "recall@0.5" in cov else ""))
     print(f"report:  {out / 'report.html'}\nsummary: {out / 'summary.json'}\nfigures: {out} ({len(s['files']['figures'])} PNGs)")
     return 0
+
+def _command(data, out, device, epochs, image_size, model, fast, split="val")->int:
+    cfg = DemoConfig.make(model, epochs, image_size, fast)
+    resolve_device(device)                       # fail fast, before any work
+    t = time.perf_counter()
+    return _print_done(diagnose(out, data, cfg, device, split=split), cfg.model, out, t)
 
 def demo_command(
     out="weldiag-report",     # folder for report.html, summary.json and the PNGs
@@ -566,11 +622,29 @@ def report_command(
     data,                     # dataset folder or annotation file (YOLO, VOC, COCO, labelme)
     out="weldiag-report",
     device:str="auto",
-    epochs:int=None,
+    epochs:int=None,          # without weights: training epochs (default 3); with weights: fine-tuning epochs (default 0)
     image_size:int=None,
-    model:str="retinanet",
+    model:str="retinanet",    # without weights: retinanet, ssdlite or fcos; with weights: any torchvision builder name
     fast:bool=False,
+    weights=None,             # your trained state_dict: diagnose that model (the file is only read)
+    num_classes:int=None,     # the builder's num_classes (default: from the weights)
+    min_size:int=None,        # your model's transform min_size, as trained
+    max_size:int=None,        # your model's transform max_size, as trained
+    split:str="val",          # the split evaluated: val, train or test
+    score_thresh:float=None,  # with weights: lowest score your model's postprocess keeps (default: the builder's, 0.05)
 )->int:
-    "CLI `weldiag report --data PATH`: the demo's report for your own dataset; returns the exit code"
+    "CLI `weldiag report --data PATH [--model ARCH --weights CKPT]`: the demo's report for your own data and model"
     if data is None: raise ValueError("--data: give a dataset folder or annotation file")
-    return _command(data, out, device, epochs, image_size, model, fast)
+    if weights is None:
+        if any(v is not None for v in (num_classes, min_size, max_size, score_thresh)):
+            raise ValueError("--num-classes / --min-size / --max-size / --score-thresh describe a trained model: give --weights too")
+        return _command(data, out, device, epochs, image_size, model, fast, split)
+    if epochs is not None and epochs < 0: raise ValueError(f"--epochs {epochs}: need 0 or more")
+    resolve_device(device)
+    t = time.perf_counter()
+    net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh)
+    d = dict(epochs=epochs or 0)
+    if fast: d.update(lr_iters=8, max_steps=6, n_maps=1)
+    cfg = DemoConfig(model=model, fast=fast, **d)
+    s = diagnose(out, data, cfg, device, model=net, split=split)
+    return _print_done(s, f"{model} ({weights})", out, t)
