@@ -112,3 +112,15 @@ def test_bad_model_inputs_are_one_line(trained, tmp_path):
     _one_line(weldiag("coverage", sample_path(), "--model", "retinanet_resnet50_fpn", "--weights", frcnn, "--out", tmp_path),
               "not a retinanet_resnet50_fpn checkpoint")
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_fine_tune_trains_a_copy(trained, tmp_path):
+    arch = "fasterrcnn_mobilenet_v3_large_fpn"
+    ckpt, before = trained[arch], sha(trained[arch])
+    r = weldiag("report", "--data", sample_path(), "--model", arch, "--weights", ckpt, *SIZE, "--epochs", 1, "--fast",
+                "--device", "cpu", "--out", tmp_path)
+    assert r.returncode == 0, f"exit {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert sha(ckpt) == before, "fine-tuning wrote the user's weights file"
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["training"]["steps"] == 6 and s["lr_find"]["steps"] >= 1 and s["activations"]["layers"] > 0
+    assert set(s["training"]["last"]) >= {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}

@@ -69,7 +69,7 @@ def build_parser()->argparse.ArgumentParser:
     c.add_argument("--model", default="retinanet", metavar="ARCH",
                    help="retinanet, fasterrcnn, ssd, ssdlite, fcos (torchvision's default builders), fastai-ssd, or any "
                         "torchvision detection builder name")
-    c.add_argument("--image-size", type=int, default=None, help="model input size (short side / square side)")
+    c.add_argument("--image-size", type=int, default=None, help="short side (sets --min-size) or SSD's square side")
     _add_weights_args(c)
     c.add_argument("--out", default="weldiag-coverage", help="folder for the PNG plots")
     c.set_defaults(fn=_coverage)

@@ -355,6 +355,8 @@ def _overlay(ax, image, heat, vmax:float=None, threshold:float=0.0, alpha:float=
     if title: ax.set_title(title, fontsize=9)
     return im
 
+def _scale_label(pm)->str: return "objectness" if getattr(pm, "agnostic", False) else "class probability"
+
 def _draw_gt(ax, target, pm, cls:int=None):
     "GT boxes of `target` (only class `cls` if given, all of them on a class-agnostic map)"
     from weldiag.data import draw_boxes
@@ -423,7 +425,9 @@ class ProbMaps:
 
     def __repr__(self):
         shapes = ", ".join(f"{m.grid.shape[0]}x{m.grid.shape[1]}" for m in self.maps[0])
-        return f"ProbMaps({self.kind}: {len(self)} images, {self.n_levels} levels [{shapes}], classes {self.classes})"
+        what = ("class-agnostic objectness; class scores per RoI: roi_class_scores" if self.agnostic
+                else f"classes {self.classes}")
+        return f"ProbMaps({self.kind}: {len(self)} images, {self.n_levels} levels [{shapes}], {what})"
 
 # %% ../nbs/04_probmaps.ipynb #81ce7aae
 def class_prob_maps(
@@ -516,7 +520,7 @@ def plot_class_maps(pm:ProbMaps, i:int=0, classes:list=None, levels:list=None, v
     for ax, k in zip(axs[:, 0], ks):
         im = _overlay(ax, pm.images[i], heat[k], vmax, threshold, title=f"{pm.kind} · p({pm.classes[k]}) · max {float(heat[k].max()):.3f}")
         _draw_gt(ax, pm.targets[i] if pm.targets else None, pm, k)
-    fig.colorbar(im, ax=axs[:, 0].tolist(), label="class probability", shrink=0.9)
+    fig.colorbar(im, ax=axs[:, 0].tolist(), label=_scale_label(pm), shrink=0.9)
     return fig
 
 def plot_level_grid(pm:ProbMaps, i:int=0, vmax:float=None, figsize=None):
@@ -532,7 +536,7 @@ def plot_level_grid(pm:ProbMaps, i:int=0, vmax:float=None, figsize=None):
             im = _overlay(axs[k, l], pm.images[i], heats[l][k], vmax)
             if k == 0: axs[k, l].set_title(f"level {l}: {g.shape[0]}x{g.shape[1]}, stride {g.stride[1]:.0f}", fontsize=8)
             if l == 0: axs[k, l].set_ylabel(pm.classes[k], fontsize=9)
-    fig.colorbar(im, ax=axs.ravel().tolist(), label="class probability", shrink=0.8)
+    fig.colorbar(im, ax=axs.ravel().tolist(), label=_scale_label(pm), shrink=0.8)
     fig.suptitle(f"{pm.kind}: class x level probability maps", fontsize=10)
     return fig
 
@@ -572,7 +576,7 @@ def plot_checkpoints(
     for ax, m, h, lab in zip(axs[:, 0], maps, heats, labels):
         im = _overlay(ax, m.images[i], h, vmax, title=f"{lab}: {what}, max {float(h.max()):.3f}")
         _draw_gt(ax, m.targets[i] if m.targets else None, m, k)
-    fig.colorbar(im, ax=axs[:, 0].tolist(), label="class probability", shrink=0.9)
+    fig.colorbar(im, ax=axs[:, 0].tolist(), label=_scale_label(maps[0]), shrink=0.9)
     return fig
 
 ProbMaps.plot = plot_class_maps
@@ -731,7 +735,7 @@ class ProbMapExplorer:
         im = _overlay(ax, pm.images[0], heat, None, thr,
                       title=f"image {i} · {what} · {'all levels' if l < 0 else f'level {l}'} · max {float(heat.max()):.3f}")
         _draw_gt(ax, pm.targets[0], pm, None if k < 0 else k)
-        self.fig.colorbar(im, ax=ax, label="class probability", shrink=0.9)
+        self.fig.colorbar(im, ax=ax, label=_scale_label(pm), shrink=0.9)
         self.fig.canvas.draw()
         with self.out:
             self.out.clear_output(wait=True)
