@@ -542,6 +542,9 @@ def coverage(
     "Per-GT best IoU, positives and matcher status for the model's own anchors, with summaries and plots."
     target = model_or_anchors if isinstance(model_or_anchors, AnchorSet) else as_detector(model_or_anchors)
     if not len(ds): raise ValueError("coverage: the dataset has no images")
+    if getattr(target, "anchor_free", False):   # an anchor-free YOLO: whether its assigner can use each GT
+        from weldiag.assign import assignability
+        return assignability(target, ds)
     rule = (target.matcher if isinstance(target, AnchorSet) else model_matcher(target)) or _NO_RULE
     thr = sorted({float(t) for t in ([iou] if isinstance(iou, (int, float)) else iou)})
     groups, maps = {}, {}
@@ -969,6 +972,8 @@ def cli_target(
 ):
     "The detector (or the fastai course's anchors) whose geometry and anchors `weldiag coverage` uses: no download."
     if name == "fastai-ssd": return ssd_grid_anchors(image_size=image_size or 224)
+    if name.lower().endswith((".yaml", ".yml", ".pt", ".pth")):   # ultralytics: the letterbox side is the training imgsz
+        return as_detector(load_detector(name, weights, num_classes), image_size=image_size)
     arch = COVERAGE_MODELS.get(name, name)
     ssd = arch.startswith("ssd")
     if image_size and not ssd and min_size is None: min_size = image_size
@@ -977,8 +982,15 @@ def cli_target(
     return m
 
 def coverage_summary(cov:Coverage)->dict:
-    "The figures `weldiag coverage` writes to summary.json: recall at each IoU threshold, overall and per class"
+    "The figures `weldiag coverage` writes to summary.json: recall at each IoU threshold (or assignability), overall and per class"
     f, out = cov.frame, {}
+    if hasattr(cov, "reachable"):   # an anchor-free YOLO's `Assignability`
+        from weldiag.assign import ASSIGN_STATUSES, HARD_STATUSES
+        sh = lambda g: {"n": int(len(g)), "reachable": float((~g["status"].isin(HARD_STATUSES)).mean()) if len(g) else None,
+                        **{s: int((g["status"] == s).sum()) for s in ASSIGN_STATUSES}}
+        return {"source": cov.source, "image_size": cov.image_size, "assigner": cov.rule, "gt_boxes": int(len(f)),
+                "reachable": cov.reachable(), "assignable": cov.share(), "statuses": sh(f),
+                "per_class": {c: sh(f[f["class"] == c]) for c in cov.classes}}
     for c in cov.classes:
         g = f[f["class"] == c]
         out[c] = {"n": int(len(g)), **{f"recall@{t:g}": (float((g["best_iou"] >= t).mean()) if len(g) else None)
@@ -1011,14 +1023,15 @@ def coverage_command(
         print(cov)
         for by in (None, "class", "coco", "size", "aspect"): print(f"\n{cov.summary(by).to_string()}")
         print(f"\n{cov.level_summary().to_string()}")
-    print(f"\nYOLOv5 shape-only check of these anchors: {yolo_bpr(cov, next(iter(cov.anchors.values())))}")
+    free = hasattr(cov, "reachable")   # an anchor-free YOLO: assignability, no anchor shapes
+    if not free: print(f"\nYOLOv5 shape-only check of these anchors: {yolo_bpr(cov, next(iter(cov.anchors.values())))}")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    files = [out / "coverage.png", out / "missed_gallery.png", out / "location.png"]
+    files = [out / "coverage.png", out / "missed_gallery.png"] + ([] if free else [out / "location.png"])
     cov.plot().savefig(files[0], dpi=110, bbox_inches="tight")
     g = cov.plot_gallery()
     if g is not None: g.savefig(files[1], dpi=110, bbox_inches="tight")
     else: files.remove(files[1])
-    cov.plot_location().figure.savefig(files[-1], dpi=110, bbox_inches="tight")
+    if not free: cov.plot_location().figure.savefig(files[-1], dpi=110, bbox_inches="tight")
     plt.close("all")
     s = {"model": model, "weights": str(weights) if weights else None, "dataset": "weld_sample" if sample else str(path),
          **coverage_summary(cov)}

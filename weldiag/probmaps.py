@@ -16,7 +16,7 @@ from .detectors import as_detector
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'ACTIVATIONS', 'to_per_anchor', 'flatten_per_anchor', 'activate', 'HeadSpec', 'head_spec', 'Grid',
-           'ProbMap', 'ProbMaps', 'class_prob_maps', 'RoIScores', 'roi_class_scores', 'plot_class_maps',
+           'Letterboxed', 'ProbMap', 'ProbMaps', 'class_prob_maps', 'RoIScores', 'roi_class_scores', 'plot_class_maps',
            'plot_level_grid', 'plot_max_map', 'plot_checkpoints', 'principal_component', 'FeatureMap', 'FeatureMaps',
            'feature_maps', 'ProbMapExplorer']
 
@@ -196,7 +196,7 @@ def _check_images(images, model:nn.Module)->list:
     return out
 
 def _unwrap_fastai(model, images):
-    "A fastai Learner -> its model; a batch from its DataLoaders -> the images (and de-normalised copies to show)"
+    "(the model's adapter, images, images to show): a fastai Learner -> its model's adapter; a batch from its DataLoaders -> the images (and de-normalised copies)"
     learn = model if hasattr(model, "dls") and isinstance(getattr(model, "model", None), nn.Module) else None
     if learn is not None: model = learn.model
     if isinstance(images, (tuple, list)) and images and torch.is_tensor(images[0]) and images[0].ndim == 4:
@@ -207,17 +207,18 @@ def _unwrap_fastai(model, images):
         for tfm in reversed(getattr(getattr(learn.dls, "after_batch", None), "fs", [])):
             if type(tfm).__name__ == "Normalize": shown = tfm.decode(shown)
         shown = shown.as_subclass(torch.Tensor).clamp(0, 1)
-    return model, images, shown
+    return as_detector(model), images, shown
 
 # %% ../nbs/04_probmaps.ipynb #7f883ea5
 def _model_device(model:nn.Module):
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
-def _run_hooked(model:nn.Module, images:list, names:list)->tuple:
-    "Run `model` (eval, no grad) with forward hooks on `names`; returns the [(name, output)] calls, the ImageList, the output"
+def _run_hooked(det, images:list, names:list)->tuple:
+    "Run the adapter's model (eval, no grad) with forward hooks on `names`; returns the [(name, output)] calls, the ImageList, the output"
+    model = det.model
     pairs = [p for n in names for p in select_modules(model, n)]
-    tv = _model_transform(model)
+    tv, letterboxed = _model_transform(model), None
     if tv is not None: pairs.append(("__transform__", tv))
     calls, dev = [], _model_device(model)
     def keep(name, module, inp, out): calls.append((name, out))  # no host sync in the hook
@@ -227,14 +228,32 @@ def _run_hooked(model:nn.Module, images:list, names:list)->tuple:
         with Hooks(pairs, keep), torch.no_grad():
             model.eval()
             if tv is not None: res = model(images)
+            elif hasattr(det, "letterbox"):   # YOLO: the adapter letterboxes as the model's own pipeline does
+                x, geoms = det.letterbox(images)
+                letterboxed = Letterboxed(x, [g.resized_hw for g in geoms], [g.scale for g in geoms], [g.offset for g in geoms])
+                res = model(x)
             else:
                 if len({tuple(im.shape) for im in images}) > 1:
                     raise ValueError(f"images: {type(model).__name__} takes a batch tensor; images differ in size "
                                      f"{sorted({tuple(im.shape) for im in images})}: resize them first")
                 res = model(torch.stack(images))
     finally: model.train(was_training)
-    image_list = next((o[0] for n, o in calls if n == "__transform__"), None)
+    image_list = next((o[0] for n, o in calls if n == "__transform__"), letterboxed)
     return [(n, o) for n, o in calls if n != "__transform__"], image_list, res
+
+@dataclass
+class Letterboxed:
+    "A letterboxed batch, as torchvision's `ImageList` describes a resized one: where each image sits in the input"
+    tensors:torch.Tensor   # (N, C, S, S)
+    image_sizes:list       # (h, w) of each resized image inside the square
+    scales:list            # (sy, sx) input pixels per original pixel
+    offsets:list           # (oy, ox) padding before the image
+
+def _placement(image_list, images:list)->list:
+    "Per image ((sy, sx) scale, (oy, ox) padding): original pixels -> model-input pixels"
+    if image_list is None: return [((1.0, 1.0), (0.0, 0.0)) for _ in images]
+    if hasattr(image_list, "offsets"): return list(zip(image_list.scales, image_list.offsets))
+    return [((h1 / im.shape[-2], w1 / im.shape[-1]), (0.0, 0.0)) for im, (h1, w1) in zip(images, image_list.image_sizes)]
 
 # %% ../nbs/04_probmaps.ipynb #bc5f5876
 def _level_outputs(calls:list, names:set, spec:HeadSpec)->list:
@@ -278,21 +297,21 @@ def _anchor_geometry(anchors:torch.Tensor, shapes:list, A:list)->list:
 def _grids(spec, calls, image_list, images, shapes, A)->list:
     "Grid per image per level: strides/offsets from the model's anchors when it has an anchor generator"
     Hp, Wp = image_list.tensors.shape[-2:] if image_list is not None else images[0].shape[-2:]
-    sizes = image_list.image_sizes if image_list is not None else [tuple(im.shape[-2:]) for im in images]
     anchor_geo = None
     if spec.anchor_module:
         anchors = next(o for n, o in calls if n == spec.anchor_module)
         anchor_geo = _anchor_geometry(anchors[0], shapes, A)
     grids = []
-    for im, (h1, w1) in zip(images, sizes):
-        scale, row = (h1 / im.shape[-2], w1 / im.shape[-1]), []
+    for im, (scale, (py, px)) in zip(images, _placement(image_list, images)):
+        row = []
         for l, (H, W) in enumerate(shapes):
             sy, sx = spec.strides[l] if spec.strides else (Hp / H, Wp / W)
             offset = (spec.offset * sy, spec.offset * sx)
             if anchor_geo:
                 offset, (ay, ax) = anchor_geo[l]
                 sy, sx = ay or sy, ax or sx
-            row.append(Grid((H, W), (sy, sx), offset, scale, tuple(im.shape[-2:])))
+            # Grid offsets are relative to the image's own corner: a letterbox padding moves every cell
+            row.append(Grid((H, W), (sy, sx), (offset[0] - py, offset[1] - px), scale, tuple(im.shape[-2:])))
         grids.append(row)
     return grids
 
@@ -438,13 +457,14 @@ def class_prob_maps(
     classes:list=None,       # class names (K)
 )->ProbMaps:
     "Per image and feature level, the class probabilities every head location predicts, aligned with the original image"
-    model, images, shown = _unwrap_fastai(model, images)
-    spec = spec or head_spec(model, classes)
-    images = _check_images(images, model)
+    det, images, shown = _unwrap_fastai(model, images)
+    model = det.model
+    spec = spec or det.head_spec(classes)
+    images = _check_images(images, det)
     named = lambda pats: {n for p in ([pats] if isinstance(pats, str) else pats) for n, _ in select_modules(model, p)}
     cls_names = named(spec.modules)
     extra = [spec.centerness, spec.image_score, spec.anchor_module]
-    calls, image_list, _ = _run_hooked(model, images, [*spec.modules, *[e for e in extra if e]])
+    calls, image_list, _ = _run_hooked(det, images, [*spec.modules, *[e for e in extra if e]])
     raws = _level_outputs(calls, cls_names, spec)
     L, shapes, A, probs = len(raws), [], [], []
     for l, (n, raw) in enumerate(raws):
@@ -493,12 +513,13 @@ def roi_class_scores(
     classes:list=None,  # K foreground class names
 )->RoIScores:
     "Per-RoI class probabilities of a two-stage detector: what its dense RPN map cannot show"
-    model, images, shown = _unwrap_fastai(model, images)
-    if not as_detector(model).two_stage:
+    det, images, shown = _unwrap_fastai(model, images)
+    model = det.model
+    if not det.two_stage:
         raise ValueError(f"roi_class_scores: {type(model).__name__} is not a two-stage detector (Faster / Mask / Keypoint R-CNN); "
                          "use class_prob_maps")
-    images = _check_images(images, model)
-    calls, image_list, dets = _run_hooked(model, images, ["rpn", "roi_heads.box_predictor"])
+    images = _check_images(images, det)
+    calls, image_list, dets = _run_hooked(det, images, ["rpn", "roi_heads.box_predictor"])
     proposals = next(o[0] for n, o in calls if n == "rpn")                       # list of (R_i, 4), model-input pixels
     logits = next(o[0] for n, o in calls if n == "roi_heads.box_predictor")     # (sum R_i, K+1)
     probs = logits.softmax(-1)[:, 1:].split([len(p) for p in proposals])
@@ -652,12 +673,13 @@ def feature_maps(
     k:int=4,               # top-k channels kept per layer output
 )->FeatureMaps:
     "Channel mean, top-k channels and a PC1 map of every 4-D output of `layers`, aligned with the original images"
-    model, images, shown = _unwrap_fastai(model, images)
-    images = _check_images(images, model)
+    det, images, shown = _unwrap_fastai(model, images)
+    model = det.model
+    images = _check_images(images, det)
     if layers is None:
-        layers = as_detector(model).feature_layers()
+        layers = det.feature_layers()
     names = [n for n, _ in select_modules(model, layers)]
-    calls, image_list, _ = _run_hooked(model, images, names)
+    calls, image_list, _ = _run_hooked(det, images, names)
     Hp, Wp = image_list.tensors.shape[-2:] if image_list is not None else images[0].shape[-2:]
     sizes = image_list.image_sizes if image_list is not None else [tuple(im.shape[-2:]) for im in images]
     out, seen = {}, {}
@@ -670,8 +692,8 @@ def feature_maps(
             means = t.float().mean((2, 3))                          # (N, C)
             idx = means.topk(min(k, C), dim=1).indices              # (N, k)
             top = t.float().gather(1, idx[:, :, None, None].expand(-1, -1, H, W))
-            grids = [Grid((H, W), (Hp / H, Wp / W), (Hp / H / 2, Wp / W / 2), (h1 / im.shape[-2], w1 / im.shape[-1]),
-                          tuple(im.shape[-2:])) for im, (h1, w1) in zip(images, sizes)]
+            grids = [Grid((H, W), (Hp / H, Wp / W), (Hp / H / 2 - py, Wp / W / 2 - px), scale, tuple(im.shape[-2:]))
+                     for im, (scale, (py, px)) in zip(images, _placement(image_list, images))]
             out[key] = FeatureMap(key, t.float().mean(1), top, idx, principal_component(t), grids)
     if not out: raise ValueError(f"feature_maps: layers {names} produced no 4-D (N, C, H, W) output")
     return FeatureMaps(out, list(shown) if shown is not None else images)
