@@ -7,6 +7,7 @@ CNNs, cheap enough to leave on for a whole run."""
 from __future__ import annotations
 
 import json
+import warnings
 import math
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ try: from weldiag import _cstats      # the optional C fast path for CPU tensors
 except ImportError: _cstats = None
 
 # %% auto #0
-__all__ = ['ActivationStats', 'compare_runs', 'ActivationStatsCallback']
+__all__ = ['ActivationStats', 'compare_runs', 'ActivationStatsCallback', 'attach_activation_stats']
 
 # %% ../nbs/02_activations.ipynb #74fd143a
 _FIELDS = ["sum", "sq", "min", "max", "nan", "inf", "near_zero", "near_zero_fastai"]  # then the histogram
@@ -397,6 +398,7 @@ class ActivationStats:
         max_points:int=2000,        # points kept per stream; when full, adjacent points are merged exactly
         flush_every:int=100,        # steps kept on the device between two host copies
         record_eval:bool=False,     # also record eval-mode forwards, as the separate series "eval"
+        names:dict=None,            # module path -> stream name (e.g. a detector adapter's `roles()`: "Detect.cls.P3")
     ):
         if hist not in _HIST_MODES: raise ValueError(f"ActivationStats: hist={hist!r}, expected one of {_HIST_MODES}")
         for arg, v, lo in (("every", every, 1), ("bins", bins, 1), ("max_points", max_points, 2),
@@ -408,10 +410,12 @@ class ActivationStats:
         self.near_zero, self.sample, self.exact = near_zero, sample, exact
         self.max_points, self.flush_every = max_points, flush_every
         self.pairs = select_modules(model, modules) if model is not None else []
+        if names: self.pairs = [(names.get(n, n), m) for n, m in self.pairs]
         self.series = {"train": _Series(self, reduce=True)}
         if record_eval: self.series["eval"] = _Series(self, reduce=False)
         self.skipped: dict[str, int] = {}   # names of non-tensor / non-float outputs -> how many times skipped
         self._hooks, self._active, self._calls = [], None, {}
+        self._in_root, self.outside = False, 0   # hooked modules that ran outside a forward of the root model
 
     # --- recording -------------------------------------------------------------------------------------------------
     def start(self):
@@ -436,22 +440,33 @@ class ActivationStats:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
+    def _outside(self, name:str):
+        "A hooked module ran, but not inside a forward of the root model: nothing can be recorded; say so once"
+        self.outside += 1
+        if self.outside == 1:
+            warnings.warn(f"ActivationStats: {name} ran outside a forward of the root model {type(self.model).__name__} "
+                          "(e.g. ultralytics' model.loss(batch) calls forward() directly): nothing is recorded. Call the "
+                          "model itself (model(x)), or hook the module whose forward runs.", stacklevel=3)
+
     def flush(self):
         "Copy every recorded step to the host now (under DDP: on all ranks together)."
         for s in self.series.values(): s.flush(block=True)
 
     def _on_root_pre(self, name, m, inp, out):
+        self._in_root = True
         ser = self.series.get("train" if m.training else "eval")
         self._active = ser if ser is not None and ser.begin() else None
         self._calls = {}
 
     def _on_root_end(self, name, m, inp, out):
         if self._active is not None: self._active.end()
-        self._active = None
+        self._active, self._in_root = None, False
 
     def _on_output(self, name, m, inp, out):
         ser = self._active
-        if ser is None: return
+        if ser is None:
+            if not self._in_root: self._outside(name)
+            return
         k = self._calls.get(name, 0)
         self._calls[name] = k + 1
         walked = walk_outputs(out, (name or "model") + (f"#{k}" if k else ""))
@@ -695,3 +710,24 @@ def ActivationStatsCallback(
 ):
     "A fastai `Callback` recording weldiag `ActivationStats` of the training batches (`learn.weldiag_stats.stats`)."
     return _callback_class()(**kwargs)
+
+# %% ../nbs/02_activations.ipynb #3807cbc6
+def attach_activation_stats(
+    yolo,                     # an ultralytics `YOLO` (anything with `add_callback(event, fn)`)
+    **kwargs,                 # any `ActivationStats` argument (default modules: the layers the adapter names by role)
+):                            # a handle whose `.stats` is the `ActivationStats` of the latest training run
+    "Record `ActivationStats` of ultralytics training: starts on `trainer.model` at `on_train_start`, stops at `on_train_end`"
+    from types import SimpleNamespace
+    from weldiag.detectors import as_detector
+    handle = SimpleNamespace(stats=None)
+    def start(trainer):
+        m = getattr(trainer.model, "module", trainer.model)      # DDP wraps it
+        roles = getattr(as_detector(m), "roles", dict)()
+        kw = {"modules": list(roles) or None, "names": roles, **kwargs}
+        if handle.stats is not None: handle.stats.stop()
+        handle.stats = ActivationStats(m, **kw).start()
+    def end(trainer):
+        if handle.stats is not None: handle.stats.stop()
+    yolo.add_callback("on_train_start", start)
+    yolo.add_callback("on_train_end", end)
+    return handle

@@ -24,8 +24,8 @@ from .data import DetectionDataset, Record, weld_sample, load_dataset, load_imag
 __all__ = ['YOLOV5_ANCHORS', 'SIZE_EDGES', 'ASPECT_EDGES', 'ASPECT_NAMES', 'STATUSES', 'STATUS_COLORS', 'COVERAGE_MODELS',
            'model_input_geometry', 'AnchorLevel', 'MatchRule', 'AnchorSet', 'feature_shapes', 'anchors_from_generator',
            'model_matcher', 'anchors_from_model', 'BestIoU', 'pair_iou', 'best_iou', 'ssd_grid_anchors', 'yolo_anchors',
-           'Pairs', 'positive_pairs', 'fcos_pairs', 'coverage', 'Coverage', 'plot_coverage', 'plot_gallery',
-           'plot_location', 'YoloBPR', 'yolo_bpr', 'receptive_fields', 'SuggestedAnchors', 'iou_kmeans',
+           'Pairs', 'positive_pairs', 'fcos_pairs', 'ratio_pairs', 'coverage', 'Coverage', 'plot_coverage',
+           'plot_gallery', 'plot_location', 'YoloBPR', 'yolo_bpr', 'receptive_fields', 'SuggestedAnchors', 'iou_kmeans',
            'suggest_anchors', 'cli_target', 'coverage_summary', 'coverage_command']
 
 # %% ../nbs/03_anchors.ipynb #963f6464
@@ -58,8 +58,9 @@ class MatchRule:
     fg_iou:float=0.5         # IoU at or above which an anchor is a positive
     bg_iou:float=0.4         # IoU below which it is background (in between: ignored)
     forced:str=None          # None | "low-quality" (torchvision Matcher) | "best-anchor" (SSD, fastai course)
-    kind:str="iou"           # "iou" or "fcos" (centre sampling, anchors are points)
+    kind:str="iou"           # "iou", "fcos" (centre sampling, anchors are points) or "ratio" (YOLOv5 build_targets)
     radius:float=1.5         # FCOS centre-sampling radius in strides
+    anchor_t:float=4.0       # "ratio": a GT w and h must both be within this factor of the anchor's (YOLOv5 `anchor_t`)
 
 @dataclass
 class AnchorSet:
@@ -485,6 +486,32 @@ def _input_boxes(target, rec:Record, resize:str):
     sy, sx, oy, ox = m
     return target.image_hw, rec.boxes * torch.tensor([sx, sy, sx, sy]) + torch.tensor([ox, oy, ox, oy]), m
 
+def ratio_pairs(
+    anchors:AnchorSet,   # YOLO-style anchors (centred in their cells)
+    gt_boxes:Tensor,     # (G, 4) xyxy GT boxes in input pixels
+    anchor_t:float=4.0,  # YOLOv5's `anchor_t`
+    g:float=0.5,         # YOLOv5's neighbour-cell offset
+)->Pairs:
+    "(GT, anchor) pairs YOLOv5's `build_targets` makes positive: w and h within `anchor_t` of the shape, in the GT's cell and up to 2 neighbours"
+    gt, parts = torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4), []
+    gwh = gt[:, 2:] - gt[:, :2]
+    for l, lv in enumerate(anchors.levels):
+        r = gwh[:, None] / lv.wh.to(gt.device)[None]                      # (G, A, 2)
+        ok = torch.max(r, 1 / r).amax(-1) < anchor_t                      # (G, A)
+        (H, W), (sy, sx) = lv.grid, lv.stride
+        gx, gy = (gt[:, 0] + gt[:, 2]) / 2 / sx, (gt[:, 1] + gt[:, 3]) / 2 / sy    # grid coordinates, as YOLOv5's gxy
+        gxi, gyi = W - gx, H - gy
+        cells = ((0, 0, torch.ones_like(gx, dtype=torch.bool)), (-1, 0, (gx % 1 < g) & (gx > 1)), (0, -1, (gy % 1 < g) & (gy > 1)),
+                 (1, 0, (gxi % 1 < g) & (gxi > 1)), (0, 1, (gyi % 1 < g) & (gyi > 1)))
+        for dx, dy, cond in cells:
+            gi, ai = torch.nonzero(ok & cond[:, None], as_tuple=True)
+            # YOLOv5: gij = (gxy - offset * g).long(), clamped to the grid: the GT's cell, or the neighbour it is near
+            col, row = (gx[gi].long() + dx).clamp(0, W - 1), (gy[gi].long() + dy).clamp(0, H - 1)
+            b = _cell_boxes(lv, row, col, ai)
+            parts.append(Pairs(gi, _flat_index(anchors, l, ai, row, col), pair_iou(gt[gi], b), torch.full_like(gi, l)))
+    if not parts: return Pairs(*[torch.zeros(0, dtype=d) for d in (torch.long,) * 2 + (torch.float32, torch.long)])
+    return Pairs(*[torch.cat(x) for x in zip(*parts)])
+
 def _group_result(a:AnchorSet, gt:Tensor, img:Tensor, thr:list, rule:MatchRule)->dict:
     "Per-GT columns for one input-size group."
     G, L = len(gt), len(a.levels)
@@ -494,6 +521,8 @@ def _group_result(a:AnchorSet, gt:Tensor, img:Tensor, thr:list, rule:MatchRule)-
         fp = fcos_pairs(a, gt, rule.radius)
         ap = Pairs(*[x[_fcos_assigned(fp, gt, img, len(a))] for x in fp])
         forced = torch.zeros(G, dtype=torch.bool)
+    elif rule.kind == "ratio":   # YOLOv5-classic: shape ratio, no IoU
+        ap, forced = ratio_pairs(a, gt, rule.anchor_t), torch.zeros(G, dtype=torch.bool)
     else: ap, forced = _match(a, gt, img, best, p, rule)
     per_level = torch.bincount(ap.gt * L + ap.level, minlength=G * L).view(G, L)
     area = (gt[:, 2] - gt[:, 0]).clamp(min=0) * (gt[:, 3] - gt[:, 1]).clamp(min=0)

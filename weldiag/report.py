@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 from .data import (DetectionDataset, DetectionTorchDataset, detection_collate, weld_sample, load_dataset,
                           dataset_stats, draw_boxes, show_image, add_class_legend)
 from .models import small_detector, train_detector
-from .detectors import as_detector, load_detector
+from .detectors import as_detector, load_detector, _ULTRALYTICS_SUFFIXES
 from .anchors import coverage, suggest_anchors
 from .lr_find import lr_find
 from .activations import ActivationStats
@@ -304,6 +304,7 @@ def coverage_step(run:Run):
                 "box, the best IoU any anchor reaches: a box below the matcher's threshold gets no positive anchor (or "
                 "only a forced low-quality one) and the model is not trained to find it.")
     cov = coverage(run.model, run.train)
+    if hasattr(cov, "reachable"): return _assign_section(run, cov)   # an anchor-free YOLO: its assigner, not anchors
     rep.cards({f"recall @ IoU {t:g}": cov.recall(t) for t in cov.thresholds} | {"GT boxes": len(cov.frame)})
     rep.table(cov.summary("class"), "Per class: share of GT boxes whose best anchor reaches each IoU, and the matcher's "
               "verdict (matched / force-matched only / missed).")
@@ -314,6 +315,23 @@ def coverage_step(run:Run):
                "or aspect ratios.")
     run.summary["coverage"] = {f"recall@{t:g}": round(cov.recall(t), 4) for t in cov.thresholds}
     _suggest_anchors(run)
+
+def _assign_section(run:Run, a):
+    "Anchor-free YOLO: which training GTs its task-aligned assigner can ever use at this imgsz, and why not"
+    rep = run.report
+    rep.text(f"This model is anchor-free: instead of anchor shapes, its task-aligned assigner considers the anchor points "
+             f"inside each box (stride {', '.join(f'{s:g}' for s in a.rule['strides'])}, at imgsz {a.image_size}). A GT with "
+             "no usable point can never become a positive, however long the model trains: only a larger imgsz or finer "
+             "strides fix it. Computed with the installed ultralytics' own assigner.")
+    rep.cards({"reachable GTs": a.reachable(), "with a candidate of their own": a.share(), "imgsz": a.image_size,
+               "GT boxes": len(a.frame)})
+    rep.table(a.summary("class"), "Per class: share of GTs in each assignability status and the mean number of candidates.")
+    rep.table(a.level_summary(), "Per level: stride, GTs with a candidate there, candidates.")
+    rep.figure(a.plot(), "assignability", "Status shares per class and per GT size (input pixels).")
+    g = a.plot_gallery(n=8)
+    if g is not None: rep.figure(g, "assign_gallery", "The smallest GTs the assigner cannot use, on their images, with the "
+                                 "anchor points of the finest grid.")
+    run.summary["coverage"] = {"reachable": round(a.reachable(), 4), "assignable": round(a.share(), 4), "imgsz": a.image_size}
 
 def _suggest_anchors(run:Run):
     "Anchor shapes fitted to the training boxes on the model's own grids (k-means + evolution)"
@@ -499,9 +517,11 @@ def _header(rep:HTMLReport, run:Run, how:str):
     c = run.cfg
     n_par = f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.2f} M parameters"
     if run.given:
-        t = as_detector(run.model).transform
+        det = as_detector(run.model)
+        t = det.transform
         size = (f"resized by the model itself (min_size {t.min_size[-1]}, max_size {t.max_size})" if t is not None and
-                t.fixed_size is None else "resized by the model itself")
+                t.fixed_size is None else f"letterboxed to {det.image_size}×{det.image_size} as ultralytics does"
+                if hasattr(det, "letterbox") else "resized by the model itself")
         train = (f"fine-tuned on a copy for {c.epochs} epoch(s)" + (f" capped at {c.max_steps} steps" if c.max_steps else "")
                  if c.epochs else "diagnosed as it is: nothing is trained (lr-finder and activation statistics need --epochs)")
         rep.section("Run", f"Model **{c.model}**: {run.given}, {n_par}, on **{run.device}**; images {size}; {train}. "
@@ -635,16 +655,19 @@ def report_command(
 )->int:
     "CLI `weldiag report --data PATH [--model ARCH --weights CKPT]`: the demo's report for your own data and model"
     if data is None: raise ValueError("--data: give a dataset folder or annotation file")
-    if weights is None:
+    ultra = str(model).lower().endswith(_ULTRALYTICS_SUFFIXES)   # an ultralytics yaml / checkpoint is the model itself
+    if weights is None and not ultra:
         if any(v is not None for v in (num_classes, min_size, max_size, score_thresh)):
             raise ValueError("--num-classes / --min-size / --max-size / --score-thresh describe a trained model: give --weights too")
         return _command(data, out, device, epochs, image_size, model, fast, split)
     if epochs is not None and epochs < 0: raise ValueError(f"--epochs {epochs}: need 0 or more")
     resolve_device(device)
     t = time.perf_counter()
-    net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh)
+    if ultra and num_classes is None and str(model).lower().endswith((".yaml", ".yml")):
+        num_classes = len(load_splits(data, 0, split)[0].classes)          # a bare architecture: the data's classes
+    net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh, image_size=image_size if ultra else None)
     d = dict(epochs=epochs or 0)
     if fast: d.update(lr_iters=8, max_steps=6, n_maps=1)
     cfg = DemoConfig(model=model, fast=fast, **d)
     s = diagnose(out, data, cfg, device, model=net, split=split)
-    return _print_done(s, f"{model} ({weights})", out, t)
+    return _print_done(s, f"{model} ({weights})" if weights else str(model), out, t)
