@@ -538,7 +538,7 @@ def _progress(show:bool, repeats:int, n:int):
     return mb, lambda: progress_bar(range(n), parent=mb, leave=repeats == 1)
 
 def lr_find(
-    model,                        # nn.Module, or a fastai Learner (its model, train loader, optimizer and loss)
+    model,                        # nn.Module, a detector adapter (`weldiag.detectors`), or a fastai Learner (its model, loader, optimizer, loss)
     dl=None,                      # re-iterable batches: tensors, tuples, lists or dicts, moved to `device` recursively
     opt=None,                     # optimizer (restored afterwards; group lr ratios kept) or factory params -> optimizer; None: Adam
     loss_fn:Callable=None,        # loss_fn(model(x), y) for batches (x, y)
@@ -565,6 +565,9 @@ def lr_find(
     "LR range test that leaves model, optimizer, scheduler, scaler and RNGs bitwise as they were, whatever happens"
     undo = lambda: None
     if _is_fastai_learner(model): model, dl, opt, step_fn, undo = _from_learner(model, dl, opt, loss_fn, step_fn, targets_in_model)
+    if getattr(type(model), "_is_adapter", False):   # a detector adapter (e.g. a YOLO at its imgsz): its loss, its model
+        det, model = model, model.model
+        if step_fn is None and loss_fn is None and det.takes_targets: step_fn = lambda m, b: det.loss(*_split_pair(b, "a detector"))
     if dl is None: raise ValueError("lr_find: pass dl= (batches to train on)")
     _check_args(num_it, accumulation_steps, check_every, repeats, stop_div)
     sched = lr_schedule(start_lr, end_lr, num_it, step_mode)
