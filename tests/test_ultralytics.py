@@ -26,6 +26,21 @@ def test_import_weldiag_never_imports_ultralytics():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_everything_else_works_without_the_extra(tmp_path):
+    "With ultralytics unimportable: torchvision models are diagnosed as before, YOLO requests say what to install"
+    code = ("import sys; sys.modules['ultralytics'] = None\n"
+            "from weldiag.detectors import load_detector, as_detector\n"
+            "from weldiag.anchors import coverage\n"
+            "from weldiag.data import weld_sample\n"
+            "m = load_detector('retinanet', num_classes=4)\n"
+            "assert 0 < coverage(m, weld_sample('val')).recall(0.5) <= 1\n"
+            "try: load_detector('yolov8n.yaml', num_classes=4)\n"
+            "except ValueError as e: assert \"pip install 'weldiag[ultralytics]'\" in str(e), e\n"
+            "else: raise AssertionError('no error without ultralytics')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 ultralytics = pytest.importorskip("ultralytics")
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.data.augment import LetterBox
