@@ -852,7 +852,8 @@ class _RFTracer(TorchFunctionMode):
         elif "adaptive" in name:    # global / adaptive pooling sees the whole input
             rf = tuple(r + (n - 1) * j for r, n, j in zip(rf, x.shape[-2:], jump))
             jump = tuple(j * n / max(1, o) for j, n, o in zip(jump, x.shape[-2:], outs[0].shape[-2:]))
-        elif outs[0].shape[-2:] != x.shape[-2:]:    # resize (FPN top-down): same field, new spacing
+        elif any(k in name for k in ("interpolate", "upsample")) and outs[0].shape[-2:] != x.shape[-2:]:
+            # resize (FPN top-down): same field, new spacing; a view / reshape (attention in YOLO11) keeps both
             jump = tuple(j * n / o for j, n, o in zip(jump, x.shape[-2:], outs[0].shape[-2:]))
         for o in outs: self.mark(o, rf, jump)
         return out
@@ -863,6 +864,8 @@ def receptive_fields(
     trace:bool=False,      # also return the per-op table (kernel, stride, padding, sizes, field, jump)
 ):
     "Per output feature level: grid, stride and theoretical receptive field (and the detector's anchor sizes there)."
+    det = as_detector(model) if not isinstance(model, nn.Sequential) else None
+    if hasattr(det, "letterbox"): return _yolo_receptive_fields(det, image_size, trace)
     bb = getattr(model, "backbone", model)
     state = {k: torch.empty_like(v, device="meta") for k, v in chain(bb.named_parameters(), bb.named_buffers())}
     x = torch.zeros(1, 3, *_pair(image_size) if isinstance(image_size, int) else image_size, device="meta")
@@ -879,6 +882,28 @@ def receptive_fields(
     if hasattr(model, "backbone") and hasattr(model, "transform"):
         a = anchors_from_model(model, tuple(x.shape[-2:]), padded=True)
         df["anchor sizes (w×h)"] = [", ".join(f"{w:.0f}×{h:.0f}" for w, h in l.wh.tolist()) for l in a.levels]
+    return (df, pd.DataFrame(tracer.rows)) if trace else df
+
+def _yolo_receptive_fields(det, image_size, trace:bool):
+    "An ultralytics YOLO: the whole model runs (its layers pass lists around), the levels are the layers feeding `Detect`"
+    from weldiag.hooks import Hooks
+    H, W = _pair(image_size) if isinstance(image_size, int) else tuple(image_size)
+    m, p = det.model, next(det.model.parameters())
+    x = torch.zeros(1, 3, H, W, dtype=p.dtype, device=p.device)
+    tracer, got = _RFTracer(), {}
+    tracer.mark(x, (1, 1), (1, 1))
+    pairs = [(det.level_name(i), l) for i, l in enumerate(det.feature_layers())]
+    was = m.training
+    try:
+        m.eval()
+        with Hooks(pairs, lambda n, mod, i, o: got.setdefault(n, o)), torch.no_grad(), tracer: m(x)
+    finally: m.train(was)
+    rows = []
+    for name, o in got.items():
+        rf, jump = tracer.info.get(id(o), ((float("nan"),) * 2, (float("nan"),) * 2))
+        rows.append(dict(level=name, grid=f"{o.shape[-2]}×{o.shape[-1]}", stride=f"{jump[0]:g}" if jump[0] == jump[1] else f"{jump[0]:g}×{jump[1]:g}",
+                         receptive_field=f"{rf[0]:g}" if rf[0] == rf[1] else f"{rf[0]:g}×{rf[1]:g}"))
+    df = pd.DataFrame(rows)
     return (df, pd.DataFrame(tracer.rows)) if trace else df
 
 # %% ../nbs/03_anchors.ipynb #30b9da34
