@@ -13,11 +13,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['IMG_EXTS', 'COCO_AREA', 'Record', 'Problem', 'BadInput', 'DetectionDataset', 'load_image', 'read_yolo', 'sample_path',
-           'weld_sample', 'read_voc', 'read_coco', 'read_labelme', 'load_dataset', 'write_yolo', 'write_voc',
-           'write_coco', 'write_labelme', 'class_colors', 'show_image', 'draw_boxes', 'add_class_legend',
-           'DetectionTorchDataset', 'detection_collate', 'detection_dls', 'DatasetStats', 'dataset_stats',
-           'dataset_command']
+__all__ = ['IMG_EXTS', 'SPLIT_ALIASES', 'COCO_AREA', 'Record', 'Problem', 'BadInput', 'DetectionDataset', 'load_image',
+           'read_yolo', 'sample_path', 'weld_sample', 'read_voc', 'read_coco', 'read_labelme', 'load_dataset',
+           'write_yolo', 'write_voc', 'write_coco', 'write_labelme', 'class_colors', 'show_image', 'draw_boxes',
+           'add_class_legend', 'DetectionTorchDataset', 'detection_collate', 'detection_dls', 'DatasetStats',
+           'dataset_stats', 'dataset_command']
 
 # %% ../nbs/01_data.ipynb #a59abd47
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -160,7 +160,10 @@ def _yolo_names(cfg:dict, root:Path)->list:
     if (root/"classes.txt").exists(): return [l.strip() for l in (root/"classes.txt").read_text().splitlines() if l.strip()]
     raise ValueError(f"{root}: no class names (need `names` in data.yaml or a classes.txt)")
 
+SPLIT_ALIASES = {"valid": "val", "validation": "val"}   # Roboflow names its validation split folder `valid`
+
 def _yolo_split_dirs(root:Path, cfg:dict, split:str)->list:
+    split = SPLIT_ALIASES.get(split, split)
     splits = [s for s in ("train", "val", "test") if cfg.get(s) or (root/"images"/s).is_dir()] if split == "all" else [split]
     base = root / cfg.get("path", ".") if not Path(cfg.get("path", ".")).is_absolute() else Path(cfg["path"])
     dirs = []
@@ -168,6 +171,7 @@ def _yolo_split_dirs(root:Path, cfg:dict, split:str)->list:
         d = cfg.get(s, f"images/{s}")
         for x in (d if isinstance(d, list) else [d]):
             p = Path(x) if Path(x).is_absolute() else base / x
+            if not p.is_dir() and str(x).startswith("../"): p = base / str(x)[3:]   # ultralytics' fallback (Roboflow's `../train/images`)
             if not p.is_dir(): p = root / x if (root / x).is_dir() else p
             if not p.is_dir(): raise ValueError(f"{root}: split {s!r} folder {p} does not exist")
             dirs.append(p)
@@ -368,6 +372,9 @@ def read_coco(
     for k in ("images", "annotations", "categories"):
         if k not in d: raise ValueError(f"{src}: not a COCO detection file: no {k!r} key")
     cats = sorted(d["categories"], key=lambda c: c["id"])
+    used = {a.get("category_id") for a in d["annotations"] if isinstance(a, dict)}
+    # a category with no boxes that is the supercategory of others (Roboflow's project-named id 0) is not a class
+    cats = [c for c in cats if c["id"] in used or not any(o is not c and o.get("supercategory") == c.get("name") for o in cats)]
     cat_index = {c["id"]: i for i, c in enumerate(cats)}
     by_img = {im["id"]: [] for im in d["images"]}
     problems = []
@@ -431,6 +438,24 @@ def _voc_pairs(root:Path)->list:
         if img is not None: pairs.append((d, img))
     return pairs
 
+def _coco_splits(root:Path)->dict:
+    "split -> COCO json of an export with one COCO file per split folder (Roboflow: train/ valid/ test/ `_annotations.coco.json`)"
+    out = {}
+    for folder, key in (("train", "train"), ("valid", "val"), ("val", "val"), ("test", "test")):
+        if (root / folder).is_dir() and (j := _find_coco_json(root / folder)): out.setdefault(key, j)
+    return out
+
+def _read_coco_splits(root:Path, sp:dict, split:str, strict:bool)->DetectionDataset:
+    "The requested split (or all of them, concatenated) of a per-split COCO export"
+    keys = list(sp) if split == "all" else [SPLIT_ALIASES.get(split, split)]
+    for k in keys:
+        if k not in sp: raise ValueError(f"{root}: no {k!r} split (it has {', '.join(sp)})")
+    parts = [read_coco(sp[k], sp[k].parent, strict=strict) for k in keys]
+    ds = parts[0]
+    for x in parts[1:]: ds = ds + x
+    ds.name = root.name if split == "all" else f"{root.name}/{split}"
+    return ds
+
 def _find_coco_json(root:Path):
     for j in sorted(root.glob("*.json")) + sorted(root.glob("annotations/*.json")):
         head = j.read_text()[:1_000_000]
@@ -453,8 +478,9 @@ def load_dataset(
         return read_coco(p, img_dir, strict=strict)
     if p.is_file() and p.suffix == ".yaml": return read_yolo(p.parent, split, strict=strict)
     if p.is_dir():
-        if any((p / n).exists() for n in ("data.yaml", "dataset.yaml", "classes.txt")) and (p / "images").is_dir():
+        if any((p / n).exists() for n in ("data.yaml", "dataset.yaml")) or ((p / "classes.txt").exists() and (p / "images").is_dir()):
             return read_yolo(p, split, strict=strict)
+        if sp := _coco_splits(p): return _read_coco_splits(p, sp, split, strict)
         if any(p.glob("*.xml")): return read_voc(p, p, strict=strict)
         if pairs := _voc_pairs(p):
             ds = read_voc(pairs, strict=strict); ds.name = p.name; return ds
@@ -476,9 +502,15 @@ def write_yolo(ds:DetectionDataset, root, split:str="train")->Path:
         lines = [f"{c} {_g((x1+x2)/2/W)} {_g((y1+y2)/2/H)} {_g((x2-x1)/W)} {_g((y2-y1)/H)}"
                  for (x1, y1, x2, y2), c in zip(r.boxes.tolist(), r.labels.tolist())]
         (root/"labels"/split/f"{r.path.stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-    cfg = (yaml.safe_load((root/"data.yaml").read_text()) if (root/"data.yaml").exists() else None) or {"path": "."}
+    cfg = (yaml.safe_load((root/"data.yaml").read_text()) if (root/"data.yaml").exists() else None) or {}
+    cfg.pop("path", None)      # no `path:`: ultralytics then resolves the splits against this file's folder, not the cwd
     cfg.update({split: f"images/{split}", "nc": len(ds.classes), "names": list(ds.classes)})
-    (root/"data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    alone = [k for k in ("train", "val") if k not in cfg]   # ultralytics needs both keys
+    for k in alone: cfg[k] = f"images/{split}"
+    note = f"# only the {split!r} split was written: {' and '.join(alone)} point(s) to it\n" if alone else ""
+    (root/"data.yaml").write_text(note + yaml.safe_dump({k: cfg[k] for k in ("train", "val", "test", "nc", "names") if k in cfg}
+                                                        | {k: v for k, v in cfg.items() if k not in ("train", "val", "test", "nc", "names")},
+                                                        sort_keys=False))
     return root
 
 def write_voc(ds:DetectionDataset, ann_dir)->Path:
