@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #2225d76a
 from __future__ import annotations
-import json, math
+import json, math, os
 from dataclasses import dataclass
 from pathlib import Path
 from xml.parsers import expat
@@ -82,6 +82,7 @@ class DetectionDataset:
                  problems:list=None,   # `Problem`s a non-strict reader skipped
                  name:str=""):         # where the data came from, for display
         self.records, self.classes, self.problems, self.name = list(records), list(classes), list(problems or []), str(name)
+        self.unlabelled = []   # images that had no label file (YOLO): kept as images without boxes, listed here
     def __len__(self): return len(self.records)
     def __iter__(self): return iter(self.records)
     def __getitem__(self, i):
@@ -91,7 +92,9 @@ class DetectionDataset:
         return self.records[i]
     def __add__(self, other:DetectionDataset):
         if self.classes != other.classes: raise ValueError(f"cannot add datasets with classes {self.classes} and {other.classes}")
-        return DetectionDataset(self.records + other.records, self.classes, self.problems + other.problems, f"{self.name}+{other.name}")
+        ds = DetectionDataset(self.records + other.records, self.classes, self.problems + other.problems, f"{self.name}+{other.name}")
+        ds.unlabelled = self.unlabelled + other.unlabelled
+        return ds
     @property
     def n_boxes(self)->int: return sum(len(r.boxes) for r in self.records)
     def problems_frame(self):
@@ -104,10 +107,14 @@ class DetectionDataset:
 
 # %% ../nbs/01_data.ipynb #30eca0f6
 def _image_size(path, problems:list, strict:bool):
-    "(W, H) from the image header, or None (problem reported) if the image cannot be opened."
+    "(W, H) of an image that decodes completely, or None (problem reported): truncated files and pixel bombs are refused."
     try:
-        with Image.open(path) as im: return im.size
-    except (OSError, UnidentifiedImageError) as e: _report(problems, strict, path, None, f"cannot open image: {e}")
+        with Image.open(path) as im:
+            im.load()   # a truncated file fails here, not 20 s later in training
+            return im.size
+    except Image.DecompressionBombError as e: _report(problems, strict, path, None, f"too many pixels to be a photograph ({e})")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        _report(problems, strict, path, None, f"cannot open image (truncated or corrupt?): {e}")
 
 def load_image(
     x,   # image path or `Record`
@@ -115,8 +122,14 @@ def load_image(
     "Open an image as RGB; `ValueError` naming the file if it cannot be opened."
     path = x.path if isinstance(x, Record) else Path(x)
     try:
-        with Image.open(path) as im: return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e: raise ValueError(f"{path}: cannot open image: {e}") from e
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):   # 16-bit / float: scale to 8 bit, not clip to white
+                a = np.asarray(im).astype(np.float32)
+                top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+                return Image.fromarray((a / top * 255).clip(0, 255).astype(np.uint8)).convert("RGB")
+            return im.convert("RGB")
+    except Image.DecompressionBombError as e: raise ValueError(f"{path}: too many pixels to be a photograph ({e})") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as e: raise ValueError(f"{path}: cannot open image: {e}") from None
 
 # %% ../nbs/01_data.ipynb #5748c801
 def _check_box(b, W:int, H:int, tol:float=0.01):
@@ -146,17 +159,33 @@ def _sorted_classes(records:list, classes:list)->list:
     return new
 
 # %% ../nbs/01_data.ipynb #e8c4e68f
-def _yolo_yaml(root:Path)->dict:
+def _read_yaml(path:Path)->dict:
+    "A YAML mapping, or ValueError('file:line: ...')"
     import yaml
+    try: d = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError: raise ValueError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        m = getattr(e, "problem_mark", None)
+        raise ValueError(f"{path}:{m.line + 1 if m else ''}: invalid YAML: {getattr(e, 'problem', None) or e}".replace(":: ", ": ")) from None
+    if d is None: return {}
+    if not isinstance(d, dict): raise ValueError(f"{path}: expected a mapping (train:, val:, names:), got {type(d).__name__}")
+    return d
+
+def _yolo_yaml(root:Path)->dict:
     for n in ("data.yaml", "dataset.yaml"):
-        if (root/n).exists(): return yaml.safe_load((root/n).read_text()) or {}
+        if (root/n).exists(): return _read_yaml(root/n)
     ys = sorted(root.glob("*.yaml"))
-    return yaml.safe_load(ys[0].read_text()) or {} if ys else {}
+    return _read_yaml(ys[0]) if ys else {}
 
 def _yolo_names(cfg:dict, root:Path)->list:
     names = cfg.get("names")
-    if isinstance(names, dict): return [names[k] for k in sorted(names)]
-    if names: return list(names)
+    if isinstance(names, dict):
+        ids = sorted(names, key=lambda k: (not isinstance(k, int), str(k)))
+        if ids != list(range(len(ids))):
+            raise ValueError(f"{root}/data.yaml: names has ids {ids}: class ids must be 0..{len(ids) - 1} without gaps")
+        return [str(names[k]) for k in ids]
+    if isinstance(names, str): raise ValueError(f"{root}/data.yaml: names must be a list or a mapping, got the text {names!r}")
+    if names: return [str(n) for n in names]
     if (root/"classes.txt").exists(): return [l.strip() for l in (root/"classes.txt").read_text().splitlines() if l.strip()]
     raise ValueError(f"{root}: no class names (need `names` in data.yaml or a classes.txt)")
 
@@ -174,7 +203,7 @@ def _yolo_split_dirs(root:Path, cfg:dict, split:str)->list:
             if not p.is_dir() and str(x).startswith("../"): p = base / str(x)[3:]   # ultralytics' fallback (Roboflow's `../train/images`)
             if not p.is_dir(): p = root / x if (root / x).is_dir() else p
             if not p.is_dir(): raise ValueError(f"{root}: split {s!r} folder {p} does not exist")
-            dirs.append(p)
+            if p.resolve() not in {q.resolve() for q in dirs}: dirs.append(p)   # train and val may name one folder
     return dirs
 
 def _yolo_label_path(img:Path)->Path:
@@ -198,7 +227,11 @@ def _parse_yolo_line(line:str, n_classes:int):
 def _read_yolo_labels(txt:Path, W:int, H:int, n_classes:int, problems:list, strict:bool, tol:float):
     boxes, labels = [], []
     if not txt.exists(): return boxes, labels
-    for i, line in enumerate(txt.read_text().splitlines(), 1):
+    if txt.is_dir(): _report(problems, strict, txt, None, "is a folder, not a label file"); return boxes, labels
+    try: text = txt.read_text(encoding="utf-8-sig")   # a BOM is harmless
+    except UnicodeDecodeError as e:
+        _report(problems, strict, txt, txt.read_bytes()[:e.start].count(b"\n") + 1, "not UTF-8 text"); return boxes, labels
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip(): continue
         try: c, cx, cy, w, h = _parse_yolo_line(line, n_classes)
         except ValueError as e: _report(problems, strict, txt, i, str(e)); continue
@@ -223,16 +256,20 @@ def read_yolo(
 )->DetectionDataset:
     "Read an Ultralytics YOLO tree: normalised `class cx cy w h` lines -> `xyxy` pixels."
     root = _need(root); cfg = _yolo_yaml(root); classes = _yolo_names(cfg, root)
-    records, problems = [], []
+    records, problems, unlabelled = [], [], []
     for d in _yolo_split_dirs(root, cfg, split):
         imgs = sorted(p for p in d.iterdir() if p.suffix.lower() in IMG_EXTS)
         for img in imgs:
             size = _image_size(img, problems, strict)
             if size is None: continue
-            boxes, labels = _read_yolo_labels(_yolo_label_path(img), *size, len(classes), problems, strict, tol)
+            txt = _yolo_label_path(img)
+            if not txt.exists(): unlabelled.append(img)   # kept as an image without boxes, and named
+            boxes, labels = _read_yolo_labels(txt, *size, len(classes), problems, strict, tol)
             records.append(Record(img, size, boxes, labels))
         _orphan_labels(d, imgs, problems, strict)
-    return DetectionDataset(records, classes, problems, f"{root.name}/{split}")
+    ds = DetectionDataset(records, classes, problems, f"{root.name}/{split}")
+    ds.unlabelled = unlabelled
+    return ds
 
 # %% ../nbs/01_data.ipynb #ff2c2551
 def sample_path()->Path:
@@ -267,7 +304,12 @@ def _parse_xml(path:Path)->_Node:
         (stack[-1].children if stack else root).append(n); stack.append(n)
     def end(tag): stack.pop()
     def chars(t): stack[-1].text += t
+    def entity(name, *_):   # billion laughs / quadratic blow-up / external entities: no dataset needs them
+        raise BadInput(path, p.CurrentLineNumber, f"XML entity declaration <!ENTITY {name} ...> refused (entities can expand "
+                                                  "to gigabytes); export the annotations without a DTD")
     p.StartElementHandler, p.EndElementHandler, p.CharacterDataHandler = start, end, chars
+    p.EntityDeclHandler = entity
+    p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     try: p.Parse(Path(path).read_bytes(), True)
     except expat.ExpatError as e: raise BadInput(path, e.lineno, f"malformed XML: {expat.errors.messages[e.code]}") from None
     return root[0]
@@ -278,7 +320,9 @@ def _voc_size(xml:Path, ann:_Node):
     s = ann.find("size")
     if s is None: raise BadInput(xml, ann.line, f"no <size> in <{ann.tag}>")
     try: W, H = int(float(s.findtext("width"))), int(float(s.findtext("height")))
-    except (TypeError, ValueError): raise BadInput(xml, s.line, "<size> needs numeric <width> and <height>") from None
+    except (TypeError, ValueError, OverflowError):
+        raise BadInput(xml, s.line, f"<size> needs finite numeric <width> and <height>, got {s.findtext('width')!r} x "
+                                    f"{s.findtext('height')!r}") from None
     if W <= 0 or H <= 0: raise BadInput(xml, s.line, f"image size {W}x{H} is not positive")
     return W, H
 
@@ -359,6 +403,50 @@ def _coco_record(im:dict, anns:list, cat_index:dict, img_dir:Path, src:Path, pro
         _report(problems, strict, src, None, f"image id {im['id']}: {img_dir / im['file_name']} not found"); return None
     return Record(img_dir / im["file_name"], (W, H), boxes, labels, crowd)
 
+def _read_json(path:Path):
+    "Parsed JSON, or ValueError('file:line: ...')"
+    try: return json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError: raise ValueError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e: raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+
+def _coco_categories(cats:list, src:Path)->list:
+    "Categories sorted by id; ValueError for what would make the class list ambiguous"
+    for i, c in enumerate(cats):
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise ValueError(f"{src}: categories[{i}] needs an 'id' and a 'name', got {str(c)[:80]}")
+    ids = [c["id"] for c in cats]
+    if len({type(i) for i in ids}) > 1: raise ValueError(f"{src}: category ids mix types ({sorted({type(i).__name__ for i in ids})})")
+    for i in ids:
+        if ids.count(i) > 1:
+            names = [c["name"] for c in cats if c["id"] == i]
+            raise ValueError(f"{src}: category id {i!r} is used by {len(names)} categories {names}; ids must be unique")
+    return sorted(cats, key=lambda c: c["id"])
+
+def _coco_images(ims:list, src:Path, problems:list, strict:bool)->list:
+    "The usable image entries: id, file_name inside the dataset folder, positive integer width and height; unique ids"
+    out = []
+    for k, im in enumerate(ims):
+        if not isinstance(im, dict): _report(problems, strict, src, None, f"images[{k}] is not an object"); continue
+        miss = [key for key in ("id", "file_name", "width", "height") if key not in im]
+        if miss: _report(problems, strict, src, None, f"images[{k}] has no {miss[0]!r}"); continue
+        w, h, fn = im["width"], im["height"], im["file_name"]
+        ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 and float(v).is_integer()
+        if not (ok(w) and ok(h)):
+            _report(problems, strict, src, None, f"images[{k}] ({fn!r}): width and height must be positive integers, got {w!r} x {h!r}"); continue
+        if not isinstance(fn, str) or not fn.strip():
+            _report(problems, strict, src, None, f"images[{k}]: file_name must be a file name, got {fn!r}"); continue
+        if os.path.isabs(fn) or os.path.normpath(fn).split(os.sep)[0] == "..":
+            _report(problems, strict, src, None, f"images[{k}]: file_name {fn!r} points outside the dataset folder"); continue
+        out.append(im)
+    if len({type(im["id"]) for im in out}) > 1:
+        raise ValueError(f"{src}: image ids mix types ({sorted({type(im['id']).__name__ for im in out})}); annotations could match the wrong image")
+    ids = [im["id"] for im in out]
+    dup = {i for i in ids if ids.count(i) > 1}
+    for i in sorted(dup, key=str):
+        _report(problems, strict, src, None, f"image id {i!r} is used by {ids.count(i)} images "
+                f"{[im['file_name'] for im in out if im['id'] == i]}: their annotations cannot be told apart (all skipped)")
+    return [im for im in out if im["id"] not in dup]
+
 def read_coco(
     json_path,             # COCO detection annotation file
     img_dir=None,          # folder the `file_name`s are relative to (default: the JSON's folder)
@@ -367,17 +455,22 @@ def read_coco(
 )->DetectionDataset:
     "Read a COCO detection JSON: `[x, y, w, h]` boxes -> `xyxy` pixels, categories sorted by id."
     src = _need(json_path, "file")
-    try: d = json.loads(src.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"{src}:{e.lineno}: invalid JSON: {e.msg}") from None
+    d = _read_json(src)
+    if not isinstance(d, dict): raise ValueError(f"{src}: not a COCO detection file: the top level is a {type(d).__name__}")
     for k in ("images", "annotations", "categories"):
         if k not in d: raise ValueError(f"{src}: not a COCO detection file: no {k!r} key")
-    cats = sorted(d["categories"], key=lambda c: c["id"])
+        if not isinstance(d[k], list): raise ValueError(f"{src}: {k!r} must be a list, got {type(d[k]).__name__}")
+    problems = []
+    cats = _coco_categories(d["categories"], src)
+    d["images"] = _coco_images(d["images"], src, problems, strict)
+    bad = [a for a in d["annotations"] if not isinstance(a, dict)]
+    for a in bad: _report(problems, strict, src, None, f"annotation {str(a)[:60]} is not an object")
+    d["annotations"] = [a for a in d["annotations"] if isinstance(a, dict)]
     used = {a.get("category_id") for a in d["annotations"] if isinstance(a, dict)}
     # a category with no boxes that is the supercategory of others (Roboflow's project-named id 0) is not a class
     cats = [c for c in cats if c["id"] in used or not any(o is not c and o.get("supercategory") == c.get("name") for o in cats)]
     cat_index = {c["id"]: i for i, c in enumerate(cats)}
     by_img = {im["id"]: [] for im in d["images"]}
-    problems = []
     for a in d["annotations"]:
         if a.get("image_id") in by_img: by_img[a["image_id"]].append(a)
         else: _report(problems, strict, src, None, f"annotation id {a.get('id')}: image_id {a.get('image_id')} not in images")
@@ -387,16 +480,20 @@ def read_coco(
 
 # %% ../nbs/01_data.ipynb #5fce92ae
 def _labelme_record(src:Path, images:dict, classes:list, fixed:bool, problems:list, strict:bool, tol:float):
-    try: d = json.loads(src.read_text())
-    except json.JSONDecodeError as e: _report(problems, strict, src, e.lineno, f"invalid JSON: {e.msg}"); return None
-    if "shapes" not in d: _report(problems, strict, src, None, "not a labelme file: no 'shapes' key"); return None
+    try: d = _read_json(src)
+    except ValueError as e: _report(problems, strict, src, None, str(e).split(": ", 1)[-1]); return None
+    if not isinstance(d, dict) or not isinstance(d.get("shapes"), list):
+        _report(problems, strict, src, None, "not a labelme file: no 'shapes' list"); return None
     img = images.get(src.stem) or images.get(Path(str(d.get("imagePath", ""))).stem)
     if img is None: _report(problems, strict, src, None, f"no image with stem {src.stem!r}"); return None
     size = (d["imageWidth"], d["imageHeight"]) if d.get("imageWidth") and d.get("imageHeight") else _image_size(img, problems, strict)
     if size is None: return None
     boxes, labels = [], []
     for k, s in enumerate(d["shapes"]):
+        if not isinstance(s, dict): _report(problems, strict, src, None, f"shape {k} is not an object"); continue
         where = f"shape {k} ({s.get('label')!r})"
+        if not isinstance(s.get("label"), str) or not s["label"].strip():
+            _report(problems, strict, src, None, f"shape {k}: label must be a class name, got {s.get('label')!r}"); continue
         if s.get("shape_type", "polygon") not in ("rectangle", "polygon"):
             _report(problems, strict, src, None, f"{where}: shape_type {s.get('shape_type')!r} is not a box"); continue
         try: pts = np.asarray(s["points"], dtype=np.float64).reshape(-1, 2)
@@ -438,6 +535,16 @@ def _voc_pairs(root:Path)->list:
         if img is not None: pairs.append((d, img))
     return pairs
 
+def _declared_classes(root:Path)->list|None:
+    "The class list a VOC export declares: CVAT's labelmap.txt, LabelImg's predefined_classes.txt or a classes.txt"
+    for n in ("labelmap.txt", "predefined_classes.txt", "classes.txt"):
+        f = root / n
+        if f.is_file():
+            names = [l.split(":")[0].strip() for l in f.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+                     if l.strip() and not l.startswith("#")]
+            if names: return names
+    return None
+
 def _coco_splits(root:Path)->dict:
     "split -> COCO json of an export with one COCO file per split folder (Roboflow: train/ valid/ test/ `_annotations.coco.json`)"
     out = {}
@@ -471,9 +578,8 @@ def load_dataset(
     p = Path(path)
     if not p.exists(): raise ValueError(f"{p}: no such file or folder")
     if p.is_file() and p.suffix == ".json":
-        try: d = json.loads(p.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"{p}:{e.lineno}: invalid JSON: {e.msg}") from None
-        if "shapes" in d: return read_labelme(p.parent, strict=strict)
+        d = _read_json(p)
+        if isinstance(d, dict) and "shapes" in d: return read_labelme(p.parent, strict=strict)
         img_dir = p.parent / "images" if (p.parent / "images").is_dir() else p.parent
         return read_coco(p, img_dir, strict=strict)
     if p.is_file() and p.suffix == ".yaml": return read_yolo(p.parent, split, strict=strict)
@@ -481,9 +587,10 @@ def load_dataset(
         if any((p / n).exists() for n in ("data.yaml", "dataset.yaml")) or ((p / "classes.txt").exists() and (p / "images").is_dir()):
             return read_yolo(p, split, strict=strict)
         if sp := _coco_splits(p): return _read_coco_splits(p, sp, split, strict)
-        if any(p.glob("*.xml")): return read_voc(p, p, strict=strict)
+        declared = _declared_classes(p)
+        if any(p.glob("*.xml")): return read_voc(p, p, declared, strict=strict)
         if pairs := _voc_pairs(p):
-            ds = read_voc(pairs, strict=strict); ds.name = p.name; return ds
+            ds = read_voc(pairs, classes=declared, strict=strict); ds.name = p.name; return ds
         if j := _find_coco_json(p): return read_coco(j, p / "images" if (p / "images").is_dir() else p, strict=strict)
         if any(p.glob("*.json")): return read_labelme(p, p, strict=strict)
     raise ValueError(f"{p}: no recognisable dataset (expected a YOLO folder with data.yaml + images/, "
@@ -552,6 +659,10 @@ def write_labelme(ds:DetectionDataset, folder)->Path:
 # %% ../nbs/01_data.ipynb #597e019f
 import matplotlib.pyplot as plt
 
+def _plain(s)->str:
+    "Text from a dataset (class and file names) as matplotlib must draw it: `$...$` is not math"
+    return str(s).replace("$", r"\$")
+
 def class_colors(n:int)->list:
     "`n` distinct RGBA colours, the same for class i in every weldiag plot."
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
@@ -578,7 +689,7 @@ def show_image(
     a = _to_numpy_image(img)
     ax.imshow(a, cmap="gray" if a.ndim == 2 else None)
     ax.set_xticks([]); ax.set_yticks([])
-    if title: ax.set_title(title, fontsize=9)
+    if title: ax.set_title(_plain(title), fontsize=9)
     return ax
 
 # %% ../nbs/01_data.ipynb #733b9afc
@@ -604,7 +715,7 @@ def draw_boxes(
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
         c = color or (cols[labels[i] % len(cols)] if labels is not None else cols[0])
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=c, lw=lw, ls=ls))
-        txt = [] if labels is None else [classes[labels[i]] if classes else str(labels[i])]
+        txt = [] if labels is None else [_plain(classes[labels[i]]) if classes else str(labels[i])]
         if scores is not None: txt.append(f"{scores[i]:.2f}")
         if txt and fontsize:
             ax.text(x1, y1, " ".join(txt), fontsize=fontsize, color="white", va="bottom", ha="left",
@@ -614,7 +725,7 @@ def draw_boxes(
 
 def _class_patches(classes:list)->list:
     from matplotlib.patches import Patch
-    return [Patch(facecolor="none", edgecolor=c, lw=2, label=n) for n, c in zip(classes, class_colors(len(classes)))]
+    return [Patch(facecolor="none", edgecolor=c, lw=2, label=_plain(n)) for n, c in zip(classes, class_colors(len(classes)))]
 
 def add_class_legend(ax, classes:list, **kwargs):
     "Legend with one coloured patch per class (the colours `draw_boxes` uses), outside the axes on the right."
@@ -699,7 +810,7 @@ def _plot_classes(st:DatasetStats, ax=None):
     ax.bar(x + 0.2, f.images, 0.4, color=cols, alpha=0.45, hatch="//", edgecolor="k", lw=0.5, label="images with the class")
     for xi, (b, i) in enumerate(zip(f.boxes, f.images)):
         ax.text(xi - 0.2, b, str(b), ha="center", va="bottom", fontsize=8); ax.text(xi + 0.2, i, str(i), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, st.classes, rotation=20 if len(st.classes) > 4 else 0, ha="right" if len(st.classes) > 4 else "center")
+    ax.set_xticks(x, [_plain(c) for c in st.classes], rotation=20 if len(st.classes) > 4 else 0, ha="right" if len(st.classes) > 4 else "center")
     ax.set_ylabel("count"); ax.set_title("Boxes and images per class"); ax.legend(fontsize=8)
     ax.margins(y=0.12)
     return ax
@@ -725,7 +836,7 @@ def _plot_sizes(st:DatasetStats, ax=None, bins:int=30):
     b = st.boxes; side = np.sqrt(b.area)
     edges = np.linspace(0, side.max() * 1.02 if len(b) else 1, bins + 1)
     ax.hist([side[b.label == k] for k in range(len(st.classes))], bins=edges, stacked=True,
-            color=class_colors(len(st.classes)), label=st.classes)
+            color=class_colors(len(st.classes)), label=[_plain(c) for c in st.classes])
     n = st.boxes["size"].value_counts()
     for s in (32, 96):
         if s < edges[-1]: ax.axvline(s, color="k", ls="--", lw=1)
@@ -847,12 +958,20 @@ def dataset_command(
         print("weldiag dataset: give a dataset PATH or --sample (exactly one)", file=sys.stderr); return 2
     try: ds = weld_sample(split) if sample else load_dataset(path, split=split, strict=False)
     except ValueError as e: print(f"weldiag dataset: {e}", file=sys.stderr); return 2
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    if not len(ds):
+        print(f"{path}: no usable image; {len(ds.problems)} problems:")
+        for p in ds.problems[:20]: print(f"  {p}")
+        if ds.problems: ds.problems_frame().to_csv(out / "problems.csv", index=False)
+        return 1
     st = dataset_stats(ds)
     print(st)
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
     if ds.problems:
         ds.problems_frame().to_csv(out / "problems.csv", index=False)
         print(f"\n{len(ds.problems)} problems (skipped; all in {out/'problems.csv'}):")
         for p in ds.problems[:20]: print(f"  {p}")
+    if getattr(ds, "unlabelled", None):
+        print(f"\n{len(ds.unlabelled)} images have no label file (kept as images without boxes):")
+        for p in ds.unlabelled[:20]: print(f"  {p}")
     for p in st.save_plots(out): print(f"wrote {p}")
     return 1 if ds.problems else 0
