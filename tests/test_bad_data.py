@@ -200,3 +200,39 @@ def test_console_script_on_bad_data_prints_no_traceback(tmp_path):
     path = CASES["coco duplicate category id"][0](tmp_path / "b") if (tmp_path / "b").mkdir() is None else None
     r = weldiag("dataset", path, "--out", tmp_path / "o2")     # fatal: one line, exit 2
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.fixture(scope="module")
+def broken_weld(tmp_path_factory):
+    "The weld sample as YOLO with one bad label line (class 9) and one truncated image"
+    root = tmp_path_factory.mktemp("broken") / "weld"
+    shutil.copytree(Path(weld_sample().records[0].path).parents[2], root)
+    lab = sorted((root / "labels" / "train").glob("*.txt"))[3]
+    lab.write_text(lab.read_text() + "9 0.5 0.5 0.1 0.1\n")
+    img = sorted((root / "images" / "train").glob("*.jpg"))[5]
+    img.write_bytes(img.read_bytes()[:2000])
+    return root, lab, img
+
+
+def test_report_collects_problems_and_trains_on_the_rest(broken_weld, tmp_path):
+    root, lab, img = broken_weld
+    r = weldiag("report", "--data", root, "--fast", "--device", "cpu", "--out", tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["data"]["problems"] == 2 and s["data"]["train_images"] == 79
+    import pandas as pd
+    f = pd.read_csv(tmp_path / "problems.csv")
+    assert sorted(Path(x).name for x in f.file) == sorted([lab.name, img.name])
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "problems.csv")))
+    assert all(r["line"] == "" or r["line"].isdigit() for r in rows), rows    # line numbers, not 3.0
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "2 problems in the annotations" in page and lab.name in page
+
+
+def test_report_strict_stops_at_the_first(broken_weld, tmp_path):
+    root, lab, img = broken_weld
+    r = weldiag("report", "--data", root, "--fast", "--strict", "--device", "cpu", "--out", tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert lab.name in lines[0] or img.name in lines[0]

@@ -28,7 +28,7 @@ def _demo(a): return _call("report", "demo_command", out=a.out, device=a.device,
 def _report(a): return _call("report", "report_command", data=a.data, out=a.out, device=a.device, epochs=a.epochs,
                              image_size=a.image_size, model=a.model, fast=a.fast, weights=a.weights,
                              num_classes=a.num_classes, min_size=a.min_size, max_size=a.max_size, split=a.split,
-                             score_thresh=a.score_thresh)
+                             score_thresh=a.score_thresh, strict=a.strict)
 
 # %% ../nbs/09_cli.ipynb #244d6a7f
 def _add_detector_args(p, models):
@@ -60,7 +60,8 @@ def build_parser()->argparse.ArgumentParser:
     d = sub.add_parser("dataset", help="summary table and plots of a detection dataset")
     d.add_argument("path", nargs="?", help="dataset folder or file (YOLO, VOC, COCO, labelme)")
     d.add_argument("--sample", action="store_true", help="use the bundled LoHi-WELD weld sample")
-    d.add_argument("--split", default="all", choices=["all", "train", "val"], help="split of the weld sample")
+    d.add_argument("--split", default="all", choices=["all", "train", "val", "valid", "test"],
+                   help="split of the dataset (YOLO, per-split COCO exports, the weld sample)")
     d.add_argument("--out", default="weldiag-dataset", help="folder for the PNG plots")
     d.set_defaults(fn=_dataset)
     c = sub.add_parser("coverage", help="can the model's anchors match the dataset's boxes?")
@@ -80,7 +81,8 @@ def build_parser()->argparse.ArgumentParser:
     r.add_argument("--data", required=True, help="dataset folder or file (any format the readers accept)")
     _add_detector_args(r, None)
     _add_weights_args(r)
-    r.add_argument("--split", default="val", choices=["val", "train", "test"], help="the split evaluated and drawn")
+    r.add_argument("--split", default="val", choices=["val", "valid", "train", "test"], help="the split evaluated and drawn")
+    r.add_argument("--strict", action="store_true", help="stop at the first bad annotation (default: skip and list them)")
     r.add_argument("--score-thresh", type=float, default=None, help="with --weights: lowest score your model's "
                    "postprocess keeps (torchvision's default 0.05; lower keeps the low-scored boxes COCO AP counts)")
     r.set_defaults(fn=_report)

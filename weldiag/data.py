@@ -100,7 +100,7 @@ class DetectionDataset:
     def problems_frame(self):
         "The skipped boxes / lines / files as a pandas DataFrame (file, line, reason)."
         import pandas as pd
-        return pd.DataFrame([vars(p) for p in self.problems], columns=["file", "line", "reason"])
+        return pd.DataFrame([vars(p) for p in self.problems], columns=["file", "line", "reason"]).astype({"line": "Int64"})
     def __repr__(self):
         s = f"DetectionDataset({self.name!r}: {len(self)} images, {self.n_boxes} boxes, classes={self.classes}"
         return s + (f", {len(self.problems)} problems)" if self.problems else ")")
@@ -282,6 +282,7 @@ def weld_sample(
     split:str="all",   # "all" (100 images), "train" (80) or "val" (20)
 )->DetectionDataset:
     "The bundled LoHi-WELD subset: 100 real weld-bead images, 979 boxes, classes pore, deposit, discontinuity, stain."
+    split = SPLIT_ALIASES.get(split, split)
     if split not in ("all", "train", "val"): raise ValueError(f"split must be 'all', 'train' or 'val', not {split!r}")
     ds = read_yolo(sample_path(), split)
     ds.name = f"lohi-weld/{split}"

@@ -227,23 +227,30 @@ def split_dataset(ds:DetectionDataset, valid:float=0.2, seed:int=0)->tuple:
     n_val = min(len(ds) - 1, max(1, round(len(ds) * valid)))
     return ds[sorted(idx[n_val:].tolist())], ds[sorted(idx[:n_val].tolist())]
 
-SPLITS = ("val", "train", "test")
+SPLITS = ("val", "train", "test", "valid")
 
-def load_splits(data=None, seed:int=0, split:str="val")->tuple:
+def load_splits(
+    data=None,            # a dataset path; None: the bundled weld sample
+    seed:int=0,           # of the random split, when the dataset has no split of its own
+    split:str="val",      # the split evaluated: val (valid), train or test
+    strict:bool=False,    # stop at the first bad line / file; False: skip them and keep them in `.problems`
+)->tuple:
     "(train, evaluated, how): the weld sample's own split when `data` is None, else the user's dataset; `split` is evaluated"
     if split not in SPLITS: raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    split = "val" if split == "valid" else split
     if data is None:
         if split == "test": raise ValueError("--split test: the weld sample has only train and val")
         return weld_sample("train"), weld_sample(split), f"the bundled LoHi-WELD sample's own train / {split} split"
     p = Path(data)
     if not p.exists(): raise ValueError(f"--data {data}: no such file or folder")
-    try: tr, va = load_dataset(p, split="train"), load_dataset(p, split=split)
+    try: tr, va = load_dataset(p, split="train", strict=strict), load_dataset(p, split=split, strict=strict)
     except ValueError: tr = va = None
     if tr is not None and len(tr) and len(va) and (split == "train" or {r.path for r in tr}.isdisjoint(r.path for r in va)):
         return tr, va, f"the dataset's own train / {split} split"
     if split == "test": raise ValueError(f"--data {data}: no test split found")
-    ds = load_dataset(p)
-    if ds.n_boxes == 0: raise ValueError(f"--data {data}: the dataset has {len(ds)} images but no boxes")
+    ds = load_dataset(p, strict=strict)
+    if ds.n_boxes == 0: raise ValueError(f"--data {data}: the dataset has {len(ds)} images but no boxes"
+                                         + (f" ({len(ds.problems)} problems, first: {ds.problems[0]})" if ds.problems else ""))
     tr, va = split_dataset(ds, 0.2, seed)
     return tr, va, f"a random 80 / 20 split of {len(ds)} images (seed {seed})"
 
@@ -290,11 +297,18 @@ def data_step(run:Run):
                "counts) with the COCO area bounds; box size per class. Many small boxes call for fine feature levels "
                "(stride 8 or less) and small anchors.")
     rep.figure(st.plot_images(n=6), "data_images", "Training images with their ground-truth boxes, coloured by class.")
+    probs = list({str(p): p for p in run.train.problems + run.valid.problems}.values())   # a split may share them
+    if probs:
+        f = pd.DataFrame([vars(p) for p in probs]).astype({"line": "Int64"})
+        if run.report.out is not None: f.to_csv(run.report.out / "problems.csv", index=False)
+        rep.note(f"{len(probs)} problems in the annotations: these boxes or files were skipped and everything else is used "
+                 "(`--strict` stops at the first one instead). All of them are in problems.csv.", "warn")
+        rep.table(f.head(100), f"The problems the readers found ({min(len(f), 100)} of {len(f)} shown).", index=False)
     f = st.to_frame()
     run.summary["data"] = {"train_images": len(run.train), "val_images": len(run.valid), "classes": run.classes,
                            **{k: v for k, v in s.items() if isinstance(v, (int, float))},
                            "boxes_per_class": {c: int(f.loc[c, "boxes"]) for c in run.classes},
-                           "small_boxes": int(f.loc["all", "small"])}
+                           "small_boxes": int(f.loc["all", "small"]), "problems": len(probs)}
 
 # %% ../nbs/08_report.ipynb #3ac99c63
 def coverage_step(run:Run):
@@ -552,12 +566,13 @@ def diagnose(
     model=None,                # your own detector (any family `weldiag.detectors` knows); None: build a small one
     split:str="val",           # the split evaluated and drawn: val, train or test
     model_name:str=None,       # how the report names your model (default: its class)
+    strict:bool=False,         # stop at the first bad annotation; False: skip bad boxes / files and list them in the report
 )->dict:                       # the summary (also written to summary.json)
     "Diagnose a detector (yours, or a small one trained here) on a dataset end to end and write a self-contained HTML report"
     given = model is not None
     cfg = cfg or (DemoConfig(model=model_name or type(as_detector(model).model).__name__, epochs=0) if given else DemoConfig())
     dev = resolve_device(device)
-    train, valid, how = load_splits(data, cfg.seed, split)
+    train, valid, how = load_splits(data, cfg.seed, split, strict)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if given:
@@ -621,11 +636,11 @@ def _print_done(s:dict, what:str, out, t:float):
     print(f"report:  {out / 'report.html'}\nsummary: {out / 'summary.json'}\nfigures: {out} ({len(s['files']['figures'])} PNGs)")
     return 0
 
-def _command(data, out, device, epochs, image_size, model, fast, split="val")->int:
+def _command(data, out, device, epochs, image_size, model, fast, split="val", strict=False)->int:
     cfg = DemoConfig.make(model, epochs, image_size, fast)
     resolve_device(device)                       # fail fast, before any work
     t = time.perf_counter()
-    return _print_done(diagnose(out, data, cfg, device, split=split), cfg.model, out, t)
+    return _print_done(diagnose(out, data, cfg, device, split=split, strict=strict), cfg.model, out, t)
 
 def demo_command(
     out="weldiag-report",     # folder for report.html, summary.json and the PNGs
@@ -652,6 +667,7 @@ def report_command(
     max_size:int=None,        # your model's transform max_size, as trained
     split:str="val",          # the split evaluated: val, train or test
     score_thresh:float=None,  # with weights: lowest score your model's postprocess keeps (default: the builder's, 0.05)
+    strict:bool=False,        # stop at the first bad annotation (default: skip them and list them in the report)
 )->int:
     "CLI `weldiag report --data PATH [--model ARCH --weights CKPT]`: the demo's report for your own data and model"
     if data is None: raise ValueError("--data: give a dataset folder or annotation file")
@@ -659,15 +675,15 @@ def report_command(
     if weights is None and not ultra:
         if any(v is not None for v in (num_classes, min_size, max_size, score_thresh)):
             raise ValueError("--num-classes / --min-size / --max-size / --score-thresh describe a trained model: give --weights too")
-        return _command(data, out, device, epochs, image_size, model, fast, split)
+        return _command(data, out, device, epochs, image_size, model, fast, split, strict)
     if epochs is not None and epochs < 0: raise ValueError(f"--epochs {epochs}: need 0 or more")
     resolve_device(device)
     t = time.perf_counter()
     if ultra and num_classes is None and str(model).lower().endswith((".yaml", ".yml")):
-        num_classes = len(load_splits(data, 0, split)[0].classes)          # a bare architecture: the data's classes
+        num_classes = len(load_splits(data, 0, split, strict)[0].classes)  # a bare architecture: the data's classes
     net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh, image_size=image_size if ultra else None)
     d = dict(epochs=epochs or 0)
     if fast: d.update(lr_iters=8, max_steps=6, n_maps=1)
     cfg = DemoConfig(model=model, fast=fast, **d)
-    s = diagnose(out, data, cfg, device, model=net, split=split)
+    s = diagnose(out, data, cfg, device, model=net, split=split, strict=strict)
     return _print_done(s, f"{model} ({weights})" if weights else str(model), out, t)
