@@ -236,3 +236,34 @@ def test_report_strict_stops_at_the_first(broken_weld, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert lab.name in lines[0] or img.name in lines[0]
+
+
+def test_class_typo_without_a_declared_list_is_reported(tmp_path):
+    objs = VOC_OBJ.format(n="stain") * 5 + VOC_OBJ.format(n="stian")
+    d = voc_xml(tmp_path, VOC_HEAD.format(w=782) + objs + "</annotation>")
+    ds = load_dataset(d, strict=False)
+    assert any("'stian' (1 boxes) looks like a typo of 'stain'" in p.reason for p in ds.problems), ds.problems
+    rc, out, err = run_cli("dataset", d, "--out", tmp_path / "o")
+    assert rc == 1 and "looks like a typo" in out
+
+
+FATAL = [n for n in CASES if n.startswith(("yolo names", "yolo malformed", "coco duplicate category", "coco images as",
+                                           "coco category without", "coco mixed", "json top"))]
+
+
+@pytest.mark.parametrize("name", FATAL)
+def test_report_on_fatal_bad_data_is_one_line(name, tmp_path):
+    path = CASES[name][0](tmp_path)
+    rc, out, err = run_cli("report", "--data", path, "--fast", "--device", "cpu", "--out", tmp_path / "r")
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err + out, err[-2000:]
+
+
+def test_report_draws_math_like_class_names_as_text(tmp_path):
+    root = tmp_path / "weld"
+    shutil.copytree(Path(weld_sample().records[0].path).parents[2], root)
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\n"
+                                    "names: ['$\\\\notacommand{pore}$', deposit, 'dis$continuity', stain]\n")
+    r = weldiag("report", "--data", root, "--fast", "--device", "cpu", "--out", tmp_path / "r")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "\\notacommand{pore}" in (tmp_path / "r" / "report.html").read_text(encoding="utf-8")

@@ -151,6 +151,18 @@ def _class_index(name, classes:list, fixed:bool):
     if fixed: return None
     classes.append(name); return len(classes) - 1
 
+def _typo_classes(records:list, classes:list, problems:list, strict:bool):
+    "A rare class whose name is nearly that of a frequent one ('stian' next to 'stain') is reported, not silently kept"
+    from difflib import SequenceMatcher
+    n = torch.bincount(torch.cat([r.labels for r in records] or [torch.zeros(0, dtype=torch.int64)]), minlength=len(classes))
+    for i, c in enumerate(classes):
+        for j, d in enumerate(classes):
+            if i != j and n[j] >= 5 * max(int(n[i]), 1) and SequenceMatcher(None, c.lower(), d.lower()).ratio() >= 0.8:
+                where = next(r.path for r in records if (r.labels == i).any())
+                _report(problems, strict, where, None, f"class {c!r} ({int(n[i])} boxes) looks like a typo of {d!r} "
+                        f"({int(n[j])} boxes): fix the name, or declare the classes (labelmap.txt / classes.txt)")
+                break
+
 def _sorted_classes(records:list, classes:list)->list:
     "Reorder found `classes` alphabetically and remap the records' labels to match (deterministic class order)."
     new = sorted(classes)
@@ -381,7 +393,7 @@ def read_voc(
         for xml in sorted(_need(a).glob("*.xml")):
             r = _read_voc_xml(xml, images, cls, fixed, problems, strict, tol)
             if r is not None: records.append(r)
-    if not fixed: cls = _sorted_classes(records, cls)
+    if not fixed: _typo_classes(records, cls, problems, strict); cls = _sorted_classes(records, cls)
     return DetectionDataset(records, cls, problems, "+".join(a.name for a, _ in pairs))
 
 # %% ../nbs/01_data.ipynb #0623d31a
@@ -521,7 +533,7 @@ def read_labelme(
     cls, fixed, problems = list(classes or []), classes is not None, []
     records = [r for j in sorted(folder.glob("*.json"))
                if (r := _labelme_record(j, images, cls, fixed, problems, strict, tol)) is not None]
-    if not fixed: cls = _sorted_classes(records, cls)
+    if not fixed: _typo_classes(records, cls, problems, strict); cls = _sorted_classes(records, cls)
     return DetectionDataset(records, cls, problems, folder.name)
 
 # %% ../nbs/01_data.ipynb #eba77d0c

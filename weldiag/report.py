@@ -593,10 +593,11 @@ def diagnose(
     steps = [s for s in STEPS if not (given and cfg.epochs == 0 and s[0] in TRAINING_STEPS)]
     t_all, timings = time.perf_counter(), {}
     try:
-        for i, (label, step) in enumerate(steps, 1):
-            if verbose: print(f"[{i}/{len(steps)}] {label} ...", flush=True)
-            t = time.perf_counter(); step(run); timings[label] = round(time.perf_counter() - t, 1)
-            if verbose: print(f"      {label}: {timings[label]:.1f} s", flush=True)
+        with plt.rc_context({"text.parse_math": False}):   # class and file names are text, never math
+            for i, (label, step) in enumerate(steps, 1):
+                if verbose: print(f"[{i}/{len(steps)}] {label} ...", flush=True)
+                t = time.perf_counter(); step(run); timings[label] = round(time.perf_counter() - t, 1)
+                if verbose: print(f"      {label}: {timings[label]:.1f} s", flush=True)
     finally:
         if given and cfg.epochs == 0: model.to(home)   # the user's own object goes back where it was
     run.summary["timings_s"] = timings | {"total": round(time.perf_counter() - t_all, 1)}
