@@ -267,3 +267,12 @@ def test_report_draws_math_like_class_names_as_text(tmp_path):
     r = weldiag("report", "--data", root, "--fast", "--device", "cpu", "--out", tmp_path / "r")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "\\notacommand{pore}" in (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+
+
+def test_utf8_bom_in_label_files_is_harmless(tmp_path):
+    root = yolo(tmp_path)
+    want = load_dataset(root)
+    for t in (root / "labels" / "val").glob("*.txt"): t.write_bytes(b"\xef\xbb\xbf" + t.read_bytes())
+    (root / "data.yaml").write_bytes(b"\xef\xbb\xbf" + (root / "data.yaml").read_bytes())
+    got = load_dataset(root)
+    assert got.n_boxes == want.n_boxes and not got.problems and got.classes == want.classes
