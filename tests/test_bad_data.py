@@ -276,3 +276,12 @@ def test_utf8_bom_in_label_files_is_harmless(tmp_path):
     (root / "data.yaml").write_bytes(b"\xef\xbb\xbf" + (root / "data.yaml").read_bytes())
     got = load_dataset(root)
     assert got.n_boxes == want.n_boxes and not got.problems and got.classes == want.classes
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_report_prints_no_traceback_on_bad_data(name, tmp_path):
+    "The whole corpus through `weldiag report`: whatever it decides about these tiny broken sets, no traceback"
+    path = CASES[name][0](tmp_path)
+    rc, out, err = run_cli("report", "--data", path, "--fast", "--device", "cpu", "--out", tmp_path / "r")
+    assert "Traceback" not in err + out, err[-2000:]
+    if rc != 0: assert rc == 2 and len([l for l in err.strip().splitlines() if l.strip()]) == 1, (rc, err[-2000:])
