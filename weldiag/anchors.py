@@ -1038,13 +1038,7 @@ def cli_target(
 def coverage_summary(cov:Coverage)->dict:
     "The figures `weldiag coverage` writes to summary.json: recall at each IoU threshold (or assignability), overall and per class"
     f, out = cov.frame, {}
-    if hasattr(cov, "reachable"):   # an anchor-free YOLO's `Assignability`
-        from weldiag.assign import ASSIGN_STATUSES, HARD_STATUSES
-        sh = lambda g: {"n": int(len(g)), "reachable": float((~g["status"].isin(HARD_STATUSES)).mean()) if len(g) else None,
-                        **{s: int((g["status"] == s).sum()) for s in ASSIGN_STATUSES}}
-        return {"source": cov.source, "image_size": cov.image_size, "assigner": cov.rule, "gt_boxes": int(len(f)),
-                "reachable": cov.reachable(), "assignable": cov.share(), "statuses": sh(f),
-                "per_class": {c: sh(f[f["class"] == c]) for c in cov.classes}}
+    if hasattr(cov, "to_summary"): return cov.to_summary()   # an anchor-free YOLO's `Assignability` says its own
     for c in cov.classes:
         g = f[f["class"] == c]
         out[c] = {"n": int(len(g)), **{f"recall@{t:g}": (float((g["best_iou"] >= t).mean()) if len(g) else None)

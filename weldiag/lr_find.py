@@ -48,15 +48,15 @@ def _split_pair(batch, mode:str):
     raise ValueError(f"{mode} needs batches of (inputs, targets); got {type(batch).__name__}"
                      f"{' of length ' + str(len(batch)) if isinstance(batch, (tuple, list)) else ''}: pass step_fn=...")
 
-def _loss_source(model:nn.Module, loss_fn:Callable|None, step_fn:Callable|None)->tuple:
-    "(function batch -> loss tensor or dict, its name for error messages)"
+def _loss_source(model:nn.Module, loss_fn:Callable|None, step_fn:Callable|None, det=None)->tuple:
+    "(function batch -> loss tensor or dict, its name for error messages); `det`: the model's adapter, if given one"
     if step_fn is not None: return (lambda b: step_fn(model, b)), "step_fn(model, batch)"
     if loss_fn is not None:
         def f(b):
             x, y = _split_pair(b, "loss_fn")
             return loss_fn(model(x), y)
         return f, "loss_fn(model(x), y)"
-    det = as_detector(model)
+    det = det or as_detector(model)
     if det.takes_targets:      # a detector family weldiag knows: its own training call, dataset labels shifted inside
         def d(b):
             x, y = _split_pair(b, "a detector")
@@ -565,14 +565,13 @@ def lr_find(
     "LR range test that leaves model, optimizer, scheduler, scaler and RNGs bitwise as they were, whatever happens"
     undo = lambda: None
     if _is_fastai_learner(model): model, dl, opt, step_fn, undo = _from_learner(model, dl, opt, loss_fn, step_fn, targets_in_model)
-    if getattr(type(model), "_is_adapter", False):   # a detector adapter (e.g. a YOLO at its imgsz): its loss, its model
-        det, model = model, model.model
-        if step_fn is None and loss_fn is None and det.takes_targets: step_fn = lambda m, b: det.loss(*_split_pair(b, "a detector"))
+    det = None
+    if getattr(type(model), "_is_adapter", False): det, model = model, model.model   # e.g. a YOLO at its imgsz
     if dl is None: raise ValueError("lr_find: pass dl= (batches to train on)")
     _check_args(num_it, accumulation_steps, check_every, repeats, stop_div)
     sched = lr_schedule(start_lr, end_lr, num_it, step_mode)
     device = _model_device(model) if device is None else torch.device(device)
-    step, where = _loss_source(model, loss_fn, step_fn)
+    step, where = _loss_source(model, loss_fn, step_fn, det)
     first_opt, callers_opt = _make_opt(opt, model)
     autocast, first_scaler, callers_scaler = _amp_settings(amp, device, scaler)
     if repeats > 1 and isinstance(getattr(dl, "sampler", None), torch.utils.data.SequentialSampler):

@@ -170,16 +170,12 @@ class Grid:
         return F.grid_sample(m[None], grid, mode=mode, padding_mode="border", align_corners=True)[0]
 
 # %% ../nbs/04_probmaps.ipynb #6d6137a4
-def _model_transform(model:nn.Module):
-    "The module that resizes and batches the images inside the model (torchvision's transform), or None"
-    return as_detector(model).transform
-
-def _check_images(images, model:nn.Module)->list:
+def _check_images(images, det)->list:
     "A batch (N, C, H, W), one (C, H, W) image or a list of them -> list of float CHW tensors, with clear errors"
     if torch.is_tensor(images): images = list(images) if images.ndim == 4 else [images]
     if not isinstance(images, (list, tuple)) or not images:
         raise ValueError(f"images: expected a float tensor (N, C, H, W), (C, H, W) or a list of (C, H, W), got {type(images).__name__}")
-    n_ch = as_detector(model).n_channels
+    n_ch = det.n_channels
     out = []
     for i, im in enumerate(images):
         if not torch.is_tensor(im): raise ValueError(f"images[{i}]: expected a tensor, got {type(im).__name__}")
@@ -218,7 +214,7 @@ def _run_hooked(det, images:list, names:list)->tuple:
     "Run the adapter's model (eval, no grad) with forward hooks on `names`; returns the [(name, output)] calls, the ImageList, the output"
     model = det.model
     pairs = [p for n in names for p in select_modules(model, n)]
-    tv, letterboxed = _model_transform(model), None
+    tv, letterboxed = det.transform, None   # torchvision resizes inside the model; its ImageList says where
     if tv is not None: pairs.append(("__transform__", tv))
     calls, dev = [], _model_device(model)
     def keep(name, module, inp, out): calls.append((name, out))  # no host sync in the hook

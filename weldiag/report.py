@@ -299,7 +299,7 @@ def data_step(run:Run):
     rep.figure(st.plot_images(n=6), "data_images", "Training images with their ground-truth boxes, coloured by class.")
     probs = list({str(p): p for p in run.train.problems + run.valid.problems}.values())   # a split may share them
     if probs:
-        f = pd.DataFrame([vars(p) for p in probs]).astype({"line": "Int64"})
+        f = DetectionDataset([], run.classes, probs).problems_frame()
         if run.report.out is not None: f.to_csv(run.report.out / "problems.csv", index=False)
         rep.note(f"{len(probs)} problems in the annotations: these boxes or files were skipped and everything else is used "
                  "(`--strict` stops at the first one instead). All of them are in problems.csv.", "warn")
