@@ -361,7 +361,7 @@ def _run_once(run:_Run, model:nn.Module, batches, sched:list, ratios:list, pb)->
     model.train()
     val = torch.zeros((), dtype=torch.float32, device=run.device)
     raw, smoothed, comps = [], [], []
-    best, checked, stop, reason = float("inf"), 0, None, "finished"
+    best, checked, stop, reason, last = float("inf"), 0, None, "finished", float("nan")
     try:
         for i in pb:
             loss, parts = _train_step(run, model, batches, [sched[i] * r for r in ratios])
@@ -370,8 +370,9 @@ def _run_once(run:_Run, model:nn.Module, batches, sched:list, ratios:list, pb)->
             if (i + 1) % run.check_every == 0 or i + 1 == len(sched):
                 stop, why, best, last = _first_stop(raw, smoothed, checked, best, run.stop_div)
                 checked = i + 1
-                if hasattr(pb, "comment"): pb.comment = f"lr {sched[i]:.2e}  smoothed loss {last:.4g}"
                 if stop is not None: reason = why; break
+            if hasattr(pb, "comment"):   # the lr is on the host every step; the loss only after a check (no sync here)
+                pb.comment = f"lr {sched[i]:.2e}  smoothed loss {last:.4g} (step {checked})" if checked else f"lr {sched[i]:.2e}"
     except Exception as e:
         # a step that fails after the loss went non-finite or diverged (e.g. NaN boxes) is a symptom, not the cause
         stop, why, *_ = _first_stop(raw, smoothed, checked, best, run.stop_div) if len(raw) > checked else (None,) * 4
@@ -391,6 +392,16 @@ def _cut(a:np.ndarray, skip_end:int)->np.ndarray:
     "Drop the last `skip_end` points, as fastai's plot does (the blow-up would squash the y axis)"
     return a[:len(a) - skip_end] if skip_end and len(a) > skip_end else a
 
+def _on_curve(r, name:str, skip_end:int)->tuple:
+    "(lr, smoothed loss) where rule `name`'s suggestion lies on the plotted curve; (lr, None) off its ends; (None, None) if no suggestion"
+    lr = r.suggestions[name]
+    if not np.isfinite(lr): return None, None
+    x, y = _cut(r.lrs, skip_end), _cut(r.smoothed, skip_end)
+    ok = np.isfinite(y) & (x > 0)
+    x, y = x[ok], y[ok]
+    if not len(x) or not x[0] <= lr <= x[-1]: return lr, None
+    return lr, float(np.interp(np.log(lr), np.log(x), y))
+
 def _colors()->list:
     import matplotlib.pyplot as plt
     return plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -403,7 +414,7 @@ class LRFindResult:
     smoothed:np.ndarray     # (n,) debiased EMA of `losses`, beta 0.98, exactly as fastai's AvgSmoothLoss
     components:dict         # {loss-dict key: (n,) raw values}; {} when the loss is a single tensor
     suggestions:dict        # {"valley" | "slide" | "steep" | "minimum": lr}; NaN where the curve is too short
-    points:dict             # {rule: (lr, smoothed loss) to mark}; `minimum` marks the minimum and suggests a tenth of it
+    points:dict             # {rule: (lr, smoothed loss) the rule picked on its curve}; `minimum`: the minimum (it suggests a tenth of it)
     stopped:str             # "finished", "diverged" (smoothed > stop_div * best smoothed) or "nan" (non-finite loss)
     num_it:int              # steps asked for (the rules look at [num_it//10 : -5])
     runs:list=field(default_factory=list, repr=False)  # repeats=k: all k results; this one's fields are runs[0]'s
@@ -445,11 +456,14 @@ class LRFindResult:
                     lw=1.8 if i == 0 else .9, zorder=3 if i == 0 else 2,
                     label="smoothed loss" if i == 0 else ("other repeats" if i == 1 else None))
         ax.plot(_cut(self.lrs, skip_end), _cut(self.losses, skip_end), color="C0", alpha=.25, lw=.8, label="raw loss")
-        for c, (name, lr) in zip(colors[1:], self.suggestions.items()):
+        for (name, lr), c, mk in zip(self.suggestions.items(), colors[1:], "osD^"):
             for i, r in enumerate(runs):
-                if r.points[name] is None: continue
-                ax.plot(*r.points[name], "o", color=c, ms=7 if i == 0 else 4, alpha=1 if i == 0 else .6, zorder=4,
-                        label=(f"{name} {lr:.1e}" + (" (marks the min)" if name == "minimum" else "")) if i == 0 else None)
+                x, y = _on_curve(r, name, skip_end)
+                if x is None: continue
+                what = f"{name} {x:.1e}" + (" (a tenth of the lowest loss's lr)" if name == "minimum" else "")
+                style = dict(color=c, alpha=1 if i == 0 else .6, zorder=4, label=what if i == 0 else None)
+                if y is None: ax.axvline(x, ls="--", lw=1.2 if i == 0 else .8, **style)   # beyond the drawn curve
+                else: ax.plot(x, y, mk, ms=(8 if i == 0 else 4) - "osD^".index(mk), mec="w", mew=.6, **style)
         y = _cut(self.smoothed, skip_end)
         y = y[np.isfinite(y)]
         if len(y): ax.set_ylim(y.min() - .05 * np.ptp(y), y.max() + .1 * np.ptp(y) + 1e-6)

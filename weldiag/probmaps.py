@@ -15,10 +15,10 @@ from .hooks import Hooks, select_modules, walk_outputs
 from .detectors import as_detector
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'ACTIVATIONS', 'to_per_anchor', 'flatten_per_anchor', 'activate', 'HeadSpec', 'head_spec', 'Grid',
-           'Letterboxed', 'ProbMap', 'ProbMaps', 'class_prob_maps', 'RoIScores', 'roi_class_scores', 'plot_class_maps',
-           'plot_level_grid', 'plot_max_map', 'plot_checkpoints', 'principal_component', 'FeatureMap', 'FeatureMaps',
-           'feature_maps', 'ProbMapExplorer']
+__all__ = ['LAYOUTS', 'ACTIVATIONS', 'MAX_HEIGHT', 'to_per_anchor', 'flatten_per_anchor', 'activate', 'HeadSpec', 'head_spec',
+           'Grid', 'Letterboxed', 'ProbMap', 'ProbMaps', 'class_prob_maps', 'RoIScores', 'roi_class_scores',
+           'plot_class_maps', 'plot_level_grid', 'plot_max_map', 'plot_checkpoints', 'principal_component',
+           'FeatureMap', 'FeatureMaps', 'feature_maps', 'ProbMapExplorer']
 
 # %% ../nbs/04_probmaps.ipynb #c5f9a0fd
 LAYOUTS = ("N(AK)HW", "NAHW(5+K)", "N(HWA)K")
@@ -351,11 +351,30 @@ def _gt(target)->tuple:
     if isinstance(target, dict): return target["boxes"], target.get("labels")
     return target.boxes, target.labels
 
-def _fig_rows(n:int, ncols:int=1, w:float=12.0, aspect:float=0.26, figsize=None):
-    "Figure of n rows of wide weld-image panels"
+MAX_HEIGHT = 10.0   # inches: a figure of image panels is never taller (a 6-class map of a square image was 73 in)
+
+def _fig_rows(n:int, ncols:int=1, w:float=12.0, aspect:float=0.26, figsize=None, max_h:float=MAX_HEIGHT):
+    "Figure of n rows x ncols image panels of height/width `aspect`: `w` wide, panels shrunk so it is at most `max_h` tall"
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(n, ncols, figsize=figsize or (w, w / ncols * aspect * n + 0.6), squeeze=False, layout="constrained")
+    pw = min(w / ncols, (max_h - 0.6) / (n * aspect))
+    fig, axs = plt.subplots(n, ncols, figsize=figsize or (max(pw * ncols + 1.2, 4.0), pw * aspect * n + 0.6),
+                            squeeze=False, layout="constrained")
     return fig, axs
+
+def _fig_panels(n:int, aspect:float, w:float=12.0, figsize=None, max_h:float=MAX_HEIGHT):
+    "(figure, the n panel axes in reading order): one column of wide images, or as many columns as keep it under `max_h`"
+    ncols = next(c for c in range(1, n + 1) if c == n or -(-n // c) * w / c * aspect + 0.6 <= max_h)
+    fig, axs = _fig_rows(-(-n // ncols), ncols, w, aspect, figsize, max_h)
+    for ax in axs.flat[n:]: ax.set_visible(False)
+    return fig, list(axs.flat[:n])
+
+def _vmax(vmax, heats:list)->tuple:
+    "(top of the colour scale, words for it): a number as given, 'max' the largest value shown"
+    if vmax is None or vmax == "max":
+        top = max(max(float(h.max()) for h in heats), 1e-6)
+        return top, f"0–{top:.3g} (this figure's max)"
+    if not (isinstance(vmax, (int, float)) and vmax > 0): raise ValueError(f"vmax={vmax!r}: expected a number > 0 or 'max'")
+    return float(vmax), f"0–{vmax:g}"
 
 def _aspect(img)->float: return img.shape[-2] / img.shape[-1]
 
@@ -528,45 +547,50 @@ def roi_class_scores(
     return RoIScores(boxes, list(probs), dets, list(shown) if shown is not None else images, classes)
 
 # %% ../nbs/04_probmaps.ipynb #7a8cf70a
-def plot_class_maps(pm:ProbMaps, i:int=0, classes:list=None, levels:list=None, vmax:float=None, threshold:float=0.0, figsize=None):
+def plot_class_maps(pm:ProbMaps, i:int=0, classes:list=None, levels:list=None,
+                    vmax:float|str="max",  # colour scale top: a number (1.0: absolute probabilities) or "max" (this figure's max)
+                    threshold:float=0.0, figsize=None):
     "Per-class heatmaps (max over levels) over the original image, that class's GT boxes on top; one shared colour scale"
     ks = range(len(pm.classes)) if classes is None else [pm.classes.index(c) if isinstance(c, str) else c for c in classes]
     heat = pm.image_probs(i, levels)
-    vmax = vmax if vmax is not None else max(float(heat.max()), 1e-6)
-    fig, axs = _fig_rows(len(ks), aspect=_aspect(pm.images[i]), figsize=figsize)
-    for ax, k in zip(axs[:, 0], ks):
-        im = _overlay(ax, pm.images[i], heat[k], vmax, threshold, title=f"{pm.kind} · p({pm.classes[k]}) · max {float(heat[k].max()):.3f}")
+    vmax, scale = _vmax(vmax, [heat[k] for k in ks])
+    fig, axs = _fig_panels(len(ks), _aspect(pm.images[i]), figsize=figsize)
+    for ax, k in zip(axs, ks):
+        im = _overlay(ax, pm.images[i], heat[k], vmax, threshold, title=f"{pm.kind} · p({_plain(pm.classes[k])}) · max {float(heat[k].max()):.3f}")
         _draw_gt(ax, pm.targets[i] if pm.targets else None, pm, k)
-    fig.colorbar(im, ax=axs[:, 0].tolist(), label=_scale_label(pm), shrink=0.9)
+    fig.colorbar(im, ax=axs, label=f"{_scale_label(pm)}, scale {scale}", shrink=0.9)
     return fig
 
-def plot_level_grid(pm:ProbMaps, i:int=0, vmax:float=None, figsize=None):
+def plot_level_grid(pm:ProbMaps, i:int=0,
+                    vmax:float|str="max",  # colour scale top: a number (1.0: absolute probabilities) or "max" (this figure's max)
+                    figsize=None):
     "Classes (rows) x levels (columns): each level's cells (nearest upsampling), aligned with the image"
     K, L = len(pm.classes), pm.n_levels
     heats = [pm.maps[i][l].upsampled("nearest") for l in range(L)]
-    vmax = vmax if vmax is not None else max(max(float(h.max()) for h in heats), 1e-6)
-    w = 3.2 * L
-    fig, axs = _fig_rows(K, L, w=w, aspect=_aspect(pm.images[i]) * 1.25, figsize=figsize)
+    vmax, scale = _vmax(vmax, heats)
+    fig, axs = _fig_rows(K, L, w=3.2 * L, aspect=_aspect(pm.images[i]) * 1.25, figsize=figsize)
+    fs = 9 if fig.get_figwidth() / L > 2 else 8
     for k in range(K):
         for l in range(L):
             g = pm.maps[i][l].grid
             im = _overlay(axs[k, l], pm.images[i], heats[l][k], vmax)
-            if k == 0: axs[k, l].set_title(f"level {l}: {g.shape[0]}x{g.shape[1]}, stride {g.stride[1]:.0f}", fontsize=8)
-            if l == 0: axs[k, l].set_ylabel(pm.classes[k], fontsize=9)
-    fig.colorbar(im, ax=axs.ravel().tolist(), label=_scale_label(pm), shrink=0.8)
+            if k == 0: axs[k, l].set_title(f"level {l}: {g.shape[0]}x{g.shape[1]}\nstride {g.stride[1]:.0f}", fontsize=fs)
+            if l == 0: axs[k, l].set_ylabel(_plain(pm.classes[k]), fontsize=fs + 1)
+    fig.colorbar(im, ax=axs.ravel().tolist(), label=f"{_scale_label(pm)}, scale {scale}", shrink=0.8)
     fig.suptitle(f"{pm.kind}: class x level probability maps", fontsize=10)
     return fig
 
-def plot_max_map(pm:ProbMaps, i:int=0, vmax:float=None, figsize=None):
+def plot_max_map(pm:ProbMaps, i:int=0, vmax:float|str="max", figsize=None):
     "Max over classes and levels (top) and the winning class where it is above half that max (bottom), GT on both"
     import numpy as np
     from matplotlib.colors import ListedColormap
     from weldiag.data import add_class_legend, class_colors, show_image
     heat = pm.image_probs(i)
     best, arg = heat.max(0)
+    vmax, scale = _vmax(vmax, [best])
     fig, axs = _fig_rows(2, aspect=_aspect(pm.images[i]), figsize=figsize)
     im = _overlay(axs[0, 0], pm.images[i], best, vmax, title=f"{pm.kind}: max over classes and levels")
-    fig.colorbar(im, ax=axs[0, 0], label="max class probability", shrink=0.9)
+    fig.colorbar(im, ax=axs[0, 0], label=f"max class probability, scale {scale}", shrink=0.9)
     show_image(pm.images[i], ax=axs[1, 0], title="winning class (where max p > half the image's max)")
     a = np.ma.masked_where(_np(best) < 0.5 * float(best.max()), _np(arg))
     axs[1, 0].imshow(a, cmap=ListedColormap(class_colors(len(pm.classes))), vmin=-0.5, vmax=len(pm.classes) - 0.5,
@@ -580,20 +604,20 @@ def plot_checkpoints(
     labels:list,            # one label per checkpoint ("epoch 0", ...)
     i:int=0,                # image index
     cls=None,               # class name/index; None: max over classes
-    vmax:float=None,        # colour scale top; default the max over all checkpoints
+    vmax:float|str="max",   # colour scale top: a number, or "max": the max over all checkpoints
     figsize=None,
 ):
     "A strip of one image's map across training checkpoints, on one colour scale"
     if len(maps) != len(labels): raise ValueError(f"plot_checkpoints: {len(maps)} ProbMaps but {len(labels)} labels")
     k = maps[0].classes.index(cls) if isinstance(cls, str) else cls
     heats = [(m.image_probs(i).amax(0) if k is None else m.image_probs(i)[k]) for m in maps]
-    vmax = vmax if vmax is not None else max(max(float(h.max()) for h in heats), 1e-6)
-    fig, axs = _fig_rows(len(maps), aspect=_aspect(maps[0].images[i]), figsize=figsize)
-    what = "max over classes" if k is None else f"p({maps[0].classes[k]})"
-    for ax, m, h, lab in zip(axs[:, 0], maps, heats, labels):
+    vmax, scale = _vmax(vmax, heats)
+    fig, axs = _fig_panels(len(maps), _aspect(maps[0].images[i]), figsize=figsize)
+    what = "max over classes" if k is None else f"p({_plain(maps[0].classes[k])})"
+    for ax, m, h, lab in zip(axs, maps, heats, labels):
         im = _overlay(ax, m.images[i], h, vmax, title=f"{lab}: {what}, max {float(h.max()):.3f}")
         _draw_gt(ax, m.targets[i] if m.targets else None, m, k)
-    fig.colorbar(im, ax=axs[:, 0].tolist(), label=_scale_label(maps[0]), shrink=0.9)
+    fig.colorbar(im, ax=axs, label=f"{_scale_label(maps[0])}, scale {scale}", shrink=0.9)
     return fig
 
 ProbMaps.plot = plot_class_maps
