@@ -61,7 +61,7 @@ def test_report_with_weights_equals_python(trained, tmp_path, arch):
     assert s["evaluation"]["detections"] == sum(len(p["boxes"]) for p in preds)
     for k in ("AP", "AP50", "AP75"): assert abs(s["evaluation"][k] - float(ev.summary()[k])) <= 1e-6, k
     if as_detector(m).two_stage:
-        assert "roi-scores.png" in s["files"]["figures"], s["files"]["figures"]
+        assert "roi-scores.jpg" in s["files"]["figures"], s["files"]["figures"]
     assert s["evaluation"]["detections"] > 0, "no detections: the comparison would be empty"
 
 

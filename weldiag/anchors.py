@@ -18,7 +18,7 @@ from torch import nn, Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 
 from .detectors import InputGeometry, as_detector, transform_geometry, load_detector
-from .data import DetectionDataset, Record, weld_sample, load_dataset, load_image, draw_boxes, show_image, class_colors
+from .data import DetectionDataset, Record, weld_sample, load_dataset, load_image, draw_boxes, show_image, class_colors, _plain
 
 # %% auto #0
 __all__ = ['YOLOV5_ANCHORS', 'SIZE_EDGES', 'ASPECT_EDGES', 'ASPECT_NAMES', 'STATUSES', 'STATUS_COLORS', 'COVERAGE_MODELS',
@@ -597,6 +597,9 @@ def _bucket(frame:pd.DataFrame, by:str)->pd.Series:
     if by == "coco": return pd.cut(frame["size"] ** 2, (0, 32 ** 2, 96 ** 2, math.inf), right=False, labels=["small", "medium", "large"])
     if by == "aspect": return pd.cut(frame["log2_aspect"].fillna(0), ASPECT_EDGES, labels=ASPECT_NAMES)
     if by == "level": return frame["best_level"]
+    if by == "class" and "label" in frame:   # dataset order (the label index), not alphabetical
+        order = frame.drop_duplicates("class").sort_values("label", kind="stable")["class"].tolist()
+        return pd.Series(pd.Categorical(frame["class"], categories=order), index=frame.index, name="class")
     return frame[by]
 
 @dataclass
@@ -681,7 +684,7 @@ def _status_bars(ax, cov:Coverage, by:str="class"):
     for s in STATUSES:
         ax.bar(range(len(t)), t[s].values, bottom=bottom, color=STATUS_COLORS[s], label=s)
         bottom += t[s].values
-    ax.set_xticks(range(len(t))); ax.set_xticklabels([f"{k}\n(n={c})" for k, c in zip(t.index, n.values)], fontsize=8)
+    ax.set_xticks(range(len(t))); ax.set_xticklabels([f"{_plain(k)}\n(n={c})" for k, c in zip(t.index, n.values)], fontsize=8)
     ax.set_ylabel("share of GTs"); ax.set_title(f"Matcher outcome per {by}: {cov.matcher.name}", fontsize=8)
     ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
 

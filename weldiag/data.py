@@ -672,9 +672,22 @@ def write_labelme(ds:DetectionDataset, folder)->Path:
 # %% ../nbs/01_data.ipynb #597e019f
 import matplotlib.pyplot as plt
 
+from functools import lru_cache
+
+@lru_cache(maxsize=None)
+def _has_glyph(c:str)->bool:
+    "Can matplotlib's default font draw character `c` (else it draws an empty box)?"
+    from matplotlib import font_manager, ft2font
+    return c.isascii() or ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties())).get_char_index(ord(c)) != 0
+
 def _plain(s)->str:
-    "Text from a dataset (class and file names) as matplotlib must draw it: `$...$` is not math"
-    return str(s).replace("$", r"\$")
+    "Text from a dataset (class and file names) as matplotlib must draw it: `$...$` is not math; characters the font lacks as \\uXXXX"
+    return "".join(c if _has_glyph(c) else f"\\u{ord(c):04x}" for c in str(s)).replace("$", r"\$")
+
+def _shorten(s:str, n:int)->str:
+    "`s` cut in the middle with … to at most n characters (the start and the end of a file name are what tell them apart)"
+    s = str(s)
+    return s if len(s) <= n else s[:(n - 1) - (n - 1) // 2] + "…" + s[len(s) - (n - 1) // 2:]
 
 def class_colors(n:int)->list:
     "`n` distinct RGBA colours, the same for class i in every weldiag plot."
@@ -880,7 +893,9 @@ def _plot_images(st:DatasetStats, n:int=8, idxs=None, width:float=14):
     for ax in axs.flat: ax.axis("off")
     for ax, i in zip(axs.flat, idxs):
         r = ds[i]
-        show_image(r, ax, title=f"{r.path.name}  {r.size[0]}x{r.size[1]}  {len(r.boxes)} box{'es' * (len(r.boxes) != 1)}")
+        about = f"  {r.size[0]}x{r.size[1]}  {len(r.boxes)} box{'es' * (len(r.boxes) != 1)}"
+        chars = int(width / ncols * 12.5) - len(about)      # ~12.5 characters per inch at font size 9
+        show_image(r, ax, title=_shorten(r.path.name, max(chars, 12)) + about)
         draw_boxes(ax, r.boxes, r.labels, ds.classes, fontsize=0, lw=1.2)
     fig.legend(handles=_class_patches(ds.classes), loc="upper center", ncol=len(ds.classes), fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 1.0))

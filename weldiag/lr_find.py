@@ -463,7 +463,7 @@ class LRFindResult:
                 what = f"{name} {x:.1e}" + (" (a tenth of the lowest loss's lr)" if name == "minimum" else "")
                 style = dict(color=c, alpha=1 if i == 0 else .6, zorder=4, label=what if i == 0 else None)
                 if y is None: ax.axvline(x, ls="--", lw=1.2 if i == 0 else .8, **style)   # beyond the drawn curve
-                else: ax.plot(x, y, mk, ms=(8 if i == 0 else 4) - "osD^".index(mk), mec="w", mew=.6, **style)
+                else: ax.plot(x, y, mk, ms=(11, 7, 6, 7)["osD^".index(mk)] * (1 if i == 0 else .5), mec="w", mew=.6, **style)
         y = _cut(self.smoothed, skip_end)
         y = y[np.isfinite(y)]
         if len(y): ax.set_ylim(y.min() - .05 * np.ptp(y), y.max() + .1 * np.ptp(y) + 1e-6)

@@ -13,6 +13,7 @@ from torch import nn
 
 from .hooks import Hooks, select_modules, walk_outputs
 from .detectors import as_detector
+from .data import _plain
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'ACTIVATIONS', 'MAX_HEIGHT', 'to_per_anchor', 'flatten_per_anchor', 'activate', 'HeadSpec', 'head_spec',

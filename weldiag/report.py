@@ -25,9 +25,10 @@ from .metrics import evaluate, predict
 from .probmaps import class_prob_maps, feature_maps, plot_class_maps, plot_level_grid, roi_class_scores
 
 # %% auto #0
-__all__ = ['MODELS', 'SPLITS', 'LR_RANGE', 'SCORE_THRESH', 'STEPS', 'TRAINING_STEPS', 'fig_to_png', 'Section', 'HTMLReport',
-           'DemoConfig', 'resolve_device', 'split_dataset', 'load_splits', 'Run', 'data_step', 'coverage_step',
-           'lr_step', 'train_step', 'eval_step', 'maps_step', 'diagnose', 'demo_command', 'report_command']
+__all__ = ['JPEG_QUALITY', 'MODELS', 'SPLITS', 'LR_RANGE', 'SCALE_NOTE', 'SCORE_THRESH', 'STEPS', 'TRAINING_STEPS', 'fig_to_png',
+           'fig_to_jpeg', 'Section', 'HTMLReport', 'DemoConfig', 'resolve_device', 'split_dataset', 'load_splits',
+           'Run', 'data_step', 'coverage_step', 'lr_step', 'train_step', 'eval_step', 'maps_step', 'diagnose',
+           'demo_command', 'report_command']
 
 # %% ../nbs/08_report.ipynb #bc7a7d25
 _CSS = """
@@ -71,13 +72,25 @@ def fig_to_png(fig, dpi:int=90)->bytes:
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
     return buf.getvalue()
 
+JPEG_QUALITY = 88   # photographs: about a fifth of the PNG's bytes, no visible loss at the report's scale
+
+def fig_to_jpeg(fig, dpi:int=90, quality:int=JPEG_QUALITY)->bytes:
+    "JPEG bytes of a matplotlib figure (tight bounding box, 4:4:4 chroma so thin coloured boxes keep their colour)"
+    buf = io.BytesIO()
+    fig.savefig(buf, format="jpeg", dpi=dpi, bbox_inches="tight", facecolor="white",
+                pil_kwargs={"quality": quality, "subsampling": 0, "optimize": True})
+    return buf.getvalue()
+
 def _cards(numbers:dict)->str:
     cs = "".join(f'<div class="card"><b>{_inline(_fmt_cell(v))}</b><span>{_inline(k)}</span></div>' for k, v in numbers.items())
     return f'<div class="cards">{cs}</div>'
 
 def _fmt_cell(v)->str:
-    if isinstance(v, (float, np.floating)): return "–" if not np.isfinite(v) else f"{v:.3g}" if abs(v) < 1e4 else f"{v:,.0f}"
-    return str(v)
+    "Floats to 3 significant digits, whole numbers (also as floats) and anything >= 1000 as integers"
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v): return "–"
+        return f"{v:,.0f}" if abs(v) >= 1000 or (v == int(v) and abs(v) >= 1) else f"{v:.3g}"
+    return f"{v:,}" if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else str(v)
 
 # %% ../nbs/08_report.ipynb #b6247aab
 @dataclass
@@ -145,15 +158,17 @@ class HTMLReport:
 
     def figure(self,
                fig,                 # matplotlib Figure (closed after rendering)
-               name:str,            # file stem of the PNG in `out`
+               name:str,            # file stem of the image in `out`
                caption:str=None,    # what the figure says
+               photo:bool=False,    # mostly photographs (images, maps over images): JPEG; else (charts) PNG
               )->HTMLReport:
-        "Embed a figure as a base64 PNG (and write `out/name.png`)"
-        png = fig_to_png(fig, self.dpi); plt.close(fig)
+        "Embed a figure as a base64 PNG or JPEG (and write `out/name.png` / `.jpg`)"
+        data, ext, mime = (fig_to_jpeg(fig, self.dpi), "jpg", "jpeg") if photo else (fig_to_png(fig, self.dpi), "png", "png")
+        plt.close(fig)
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-            p = self.out / f"{_slug(name)}.png"; p.write_bytes(png); self.files.append(p)
-        img = f'<img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+            p = self.out / f"{_slug(name)}.{ext}"; p.write_bytes(data); self.files.append(p)
+        img = f'<img alt="{html.escape(name)}" src="data:image/{mime};base64,{base64.b64encode(data).decode()}">'
         cap = f"<figcaption>{_inline(caption)}</figcaption>" if caption else ""
         return self._add(f"<figure>{img}{cap}</figure>")
 
@@ -296,7 +311,7 @@ def data_step(run:Run):
     rep.figure(st.plot(), "data_overview", "Boxes and images per class; boxes per image; box width vs height (log "
                "counts) with the COCO area bounds; box size per class. Many small boxes call for fine feature levels "
                "(stride 8 or less) and small anchors.")
-    rep.figure(st.plot_images(n=6), "data_images", "Training images with their ground-truth boxes, coloured by class.")
+    rep.figure(st.plot_images(n=6), "data_images", "Training images with their ground-truth boxes, coloured by class.", photo=True)
     probs = list({str(p): p for p in run.train.problems + run.valid.problems}.values())   # a split may share them
     if probs:
         f = DetectionDataset([], run.classes, probs).problems_frame()
@@ -344,14 +359,19 @@ def _assign_section(run:Run, a):
     rep.figure(a.plot(), "assignability", "Status shares per class and per GT size (input pixels).")
     g = a.plot_gallery(n=8)
     if g is not None: rep.figure(g, "assign_gallery", "The smallest GTs the assigner cannot use, on their images, with the "
-                                 "anchor points of the finest grid.")
+                                 "anchor points of the finest grid.", photo=True)
     run.summary["coverage"] = {"reachable": round(a.reachable(), 4), "assignable": round(a.share(), 4), "imgsz": a.image_size}
 
 def _suggest_anchors(run:Run):
     "Anchor shapes fitted to the training boxes on the model's own grids (k-means + evolution)"
-    sug = suggest_anchors(run.train, run.model, gens=20 if run.cfg.fast else 80, seed=run.cfg.seed)
     rep = run.report
     rep.heading("Suggested anchors")
+    try: sug = suggest_anchors(run.train, run.model, gens=20 if run.cfg.fast else 80, seed=run.cfg.seed)
+    except ValueError as e:   # e.g. fewer training boxes than anchor shapes to fit
+        run.summary["suggested_anchors"] = {"unavailable": str(e)}
+        return rep.unavailable("Suggested anchors", f"{e} in the {len(run.train)} training images. Anchor shapes are "
+                               "fitted to the training boxes, one cluster per shape: label more images (or use the "
+                               "model's anchors as they are) before fitting new ones.")
     rep.text(f"Shapes fitted to these boxes on the same grids (k-means in 1 − IoU, then an evolutionary search). "
              f"Best-possible recall at IoU {sug.iou:g}: **{sug.recall_before:.1%}** with the model's anchors, "
              f"**{sug.recall_after:.1%}** with the suggested ones (mean best IoU {sug.mean_iou_before:.3f} → "
@@ -449,9 +469,11 @@ def eval_step(run:Run):
     rep.section("Evaluation", "COCO-style evaluation on the validation split (numbers equal to pycocotools): AP averaged "
                 "over IoU 0.5:0.95, AP50 and AP75, per size and per class; then what the errors are made of.")
     preds, targets = predict(run.model, run.loader(run.valid), device=run.device)
+    n_det, n_gt, split = int(sum(len(p["boxes"]) for p in preds)), run.valid.n_boxes, run.summary.get("evaluated_split", "val")
+    if n_gt == 0 or n_det == 0: return _eval_degenerate(run, preds, n_det, n_gt, split)
     ev = evaluate(preds, targets, classes=run.classes)
     s = ev.summary()
-    rep.cards({k: float(s[k]) for k in ("AP", "AP50", "AP75") if k in s} | {"detections": int(sum(len(p["boxes"]) for p in preds))})
+    rep.cards({k: float(s[k]) for k in ("AP", "AP50", "AP75") if k in s} | {"detections": n_det})
     if ev.map < 0.05: rep.note(f"mAP {ev.map:.3f}: a randomly initialised detector after {len(run.history)} CPU training "
                                "steps finds little yet. The plots below still show where it stands; train longer "
                                "(more epochs, on a GPU) before judging the anchors or the data.", "warn")
@@ -466,9 +488,29 @@ def eval_step(run:Run):
                "localisation, duplicates, background, missed) costs: fix the largest first.")
     rep.figure(_plot_predictions(run, preds, n=min(4, len(run.valid))), "predictions", "Validation images: ground truth "
                "(solid) and predictions with score ≥ 0.3 (dashed). Lower the score threshold if boxes are right but "
-               "scores low.")
+               "scores low.", photo=True)
     run.summary["evaluation"] = {k: float(v) for k, v in s.items()} | {"ap_per_class": {run.classes[k]: float(v)
                                  for k, v in ev.ap.items()}, "detections": int(sum(len(p["boxes"]) for p in preds))}
+
+def _eval_degenerate(run:Run, preds:list, n_det:int, n_gt:int, split:str):
+    "No GT boxes or no detections: say which, what is undefined, and what to do; still show the images"
+    rep, thr = run.report, as_detector(run.model).score_thresh
+    if n_gt == 0:
+        rep.unavailable("AP, precision-recall and confusion", f"the {split} split ({len(run.valid)} images) has no "
+                        f"ground-truth boxes, so AP and recall are undefined; all {n_det} detections (score ≥ {thr:g}) "
+                        "would be false positives. Evaluate a split with labelled defects (`--split`).")
+    else:
+        how = ("`--score-thresh 0.001` on the command line (or `load_detector(..., score_thresh=0.001)`)" if run.given
+               else "more training (`--epochs`)")
+        rep.unavailable("AP, precision-recall, confusion and error breakdown", f"the model made no detection on the "
+                        f"{len(run.valid)} {split} images at its score threshold {thr:g}: every one of the {n_gt} "
+                        f"ground-truth boxes is missed (AP 0). Lower the threshold with {how}, or check the probability "
+                        "maps below: a head whose maps stay dark has not learnt the classes yet.")
+    rep.cards({"detections": n_det, "GT boxes": n_gt, "score threshold": thr})
+    rep.figure(_plot_predictions(run, preds, n=min(4, len(run.valid))), "predictions", f"{split.capitalize()} images: "
+               "ground truth (solid) and every prediction with score ≥ 0.3 (dashed).", photo=True)
+    run.summary["evaluation"] = {"detections": n_det, "gt_boxes": n_gt, "score_thresh": thr,
+                                 "unavailable": "no ground-truth boxes" if n_gt == 0 else "no detections"}
 
 def _plot_predictions(run:Run, preds:list, n:int=4, thr:float=0.3):
     "Ground truth and predictions above `thr` on the first `n` validation images"
@@ -483,6 +525,9 @@ def _plot_predictions(run:Run, preds:list, n:int=4, thr:float=0.3):
     return fig
 
 # %% ../nbs/08_report.ipynb #f730ae5d
+SCALE_NOTE = (" Colours on the absolute scale 0–1, so a map whose maximum is 0.01 stays dark (`plot_class_maps(pm, "
+              "vmax='max')` stretches them to the figure's own maximum).")
+
 def maps_step(run:Run):
     "Class probability maps from the head and feature maps from the FPN for a few validation images"
     rep = run.report
@@ -498,20 +543,20 @@ def maps_step(run:Run):
     if pm.agnostic: rep.note("This two-stage detector has no dense class scores: the maps show its RPN's class-agnostic "
                              "objectness, with every ground-truth box drawn; the class scores per RoI follow below.")
     for j, r in enumerate(recs):
-        rep.figure(plot_class_maps(pm, j), f"probmap_{j}", f"{r.path.name}: " + ("RPN objectness (max over levels and "
-                   "anchors), all GT boxes drawn." if pm.agnostic else "probability of each class (max over levels "
-                   "and anchors), GT boxes drawn."))
-    rep.figure(plot_level_grid(pm, 0), "probmap_levels", f"{recs[0].path.name}: the maximum class probability per "
-               "feature level. Small defects should light up on the fine levels (first rows).")
+        rep.figure(plot_class_maps(pm, j, vmax=1.0), f"probmap_{j}", f"{r.path.name}: " + ("RPN objectness (max over "
+                   "levels and anchors), all GT boxes drawn." if pm.agnostic else "probability of each class (max over "
+                   "levels and anchors), GT boxes drawn.") + SCALE_NOTE, photo=True)
+    rep.figure(plot_level_grid(pm, 0, vmax=1.0), "probmap_levels", f"{recs[0].path.name}: the maximum class probability "
+               "per feature level. Small defects should light up on the fine levels (first columns)." + SCALE_NOTE, photo=True)
     rep.table(pm.to_frame().round(4), "Per image and level: grid size, stride and max / mean probability per class.", index=False)
     if as_detector(run.model).two_stage:
         rs = roi_class_scores(run.model, images[:1], classes=run.classes)
         rep.figure(rs.plot(0), "roi_scores", f"{recs[0].path.name}: the proposals with the highest RoI-head class "
-                   "probability, with class and probability (boxes in the image's pixels).")
+                   "probability, with class and probability (boxes in the image's pixels).", photo=True)
     fm = feature_maps(run.model, images[:1])
     rep.heading("Feature maps")
     rep.figure(fm.plot(0), "feature_maps", f"{recs[0].path.name}: channel mean and first principal component of each "
-               "FPN level. Structure that follows the weld bead and the defects means the backbone sees them.")
+               "FPN level. Structure that follows the weld bead and the defects means the backbone sees them.", photo=True)
     run.summary["probability_maps"] = {"images": [r.path.name for r in recs], "levels": pm.n_levels,
                                        "max_prob": float(max(m.probs.max() for ms in pm.maps for m in ms))}
 
@@ -557,6 +602,15 @@ def _own_model(model, classes:list, dev, epochs:int):
                          f"load the weights with the dataset's class count")
     return (copy.deepcopy(det.model) if epochs else det.model).to(dev)
 
+def _run_step(run:Run, label:str, step, strict:bool):
+    "Run one step; a ValueError (a condition of the data or model it cannot work with) becomes a note in the report"
+    try: step(run)
+    except ValueError as e:
+        if strict: raise
+        run.report.unavailable(label[:1].upper() + label[1:], f"{e}. The rest of the report does not depend on it.")
+        run.summary.setdefault("unavailable", {})[label] = str(e)
+        plt.close("all")
+
 def diagnose(
     out="weldiag-report",      # folder for report.html, summary.json and the PNGs
     data=None,                 # a dataset path (any format `load_dataset` reads); None: the bundled weld sample
@@ -593,11 +647,10 @@ def diagnose(
     steps = [s for s in STEPS if not (given and cfg.epochs == 0 and s[0] in TRAINING_STEPS)]
     t_all, timings = time.perf_counter(), {}
     try:
-        with plt.rc_context({"text.parse_math": False}):   # class and file names are text, never math
-            for i, (label, step) in enumerate(steps, 1):
-                if verbose: print(f"[{i}/{len(steps)}] {label} ...", flush=True)
-                t = time.perf_counter(); step(run); timings[label] = round(time.perf_counter() - t, 1)
-                if verbose: print(f"      {label}: {timings[label]:.1f} s", flush=True)
+        for i, (label, step) in enumerate(steps, 1):
+            if verbose: print(f"[{i}/{len(steps)}] {label} ...", flush=True)
+            t = time.perf_counter(); _run_step(run, label, step, strict); timings[label] = round(time.perf_counter() - t, 1)
+            if verbose: print(f"      {label}: {timings[label]:.1f} s", flush=True)
     finally:
         if given and cfg.epochs == 0: model.to(home)   # the user's own object goes back where it was
     run.summary["timings_s"] = timings | {"total": round(time.perf_counter() - t_all, 1)}
@@ -634,7 +687,7 @@ def _print_done(s:dict, what:str, out, t:float):
     print(f"\nweldiag: {what} on {s['dataset']} in {time.perf_counter() - t:.0f} s"
           + (f"; {s.get('evaluated_split', 'val')} AP {ev['AP']:.3f}, AP50 {ev['AP50']:.3f}" if "AP" in ev else "")
           + (f"; anchor recall@0.5 {cov['recall@0.5']:.2f}" if "recall@0.5" in cov else ""))
-    print(f"report:  {out / 'report.html'}\nsummary: {out / 'summary.json'}\nfigures: {out} ({len(s['files']['figures'])} PNGs)")
+    print(f"report:  {out / 'report.html'}\nsummary: {out / 'summary.json'}\nfigures: {out} ({len(s['files']['figures'])} PNG / JPEG files)")
     return 0
 
 def _command(data, out, device, epochs, image_size, model, fast, split="val", strict=False)->int:
@@ -647,7 +700,7 @@ def demo_command(
     out="weldiag-report",     # folder for report.html, summary.json and the PNGs
     device:str="auto",        # auto (CUDA when present), cpu, cuda, cuda:N
     epochs:int=None,          # training epochs (default 3; 1 with fast)
-    image_size:int=None,      # short side images are resized to (default 192; 160 with fast)
+    image_size:int=None,      # short side images are resized to (default 192; 128 with fast)
     model:str="retinanet",    # retinanet, ssdlite or fcos
     fast:bool=False,          # smoke-test settings: under a minute on a CPU
 )->int:
