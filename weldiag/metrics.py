@@ -5,19 +5,46 @@
 # %% ../nbs/06_metrics.ipynb #60865ecf
 from __future__ import annotations
 from collections.abc import Mapping
+from pathlib import Path
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 
+from .data import show_image, draw_boxes, _class_patches, _to_numpy_image
 from .detectors import as_detector
 
 # %% auto #0
-__all__ = ['MODES', 'COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'ERROR_TYPES', 'Boxes', 'flatten_boxes', 'coco_iou', 'coco_match',
-           'coco_accumulate', 'coco_summarize', 'voc_iou', 'voc_match', 'voc_ap', 'EvalReport', 'evaluate', 'to_coco',
-           'pr_curve', 'plot_pr', 'ThresholdSweep', 'threshold_sweep', 'Confusion', 'confusion', 'ErrorBreakdown',
-           'error_breakdown', 'predict', 'detection_metric']
+__all__ = ['MODES', 'COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'ERROR_TYPES', 'ERROR_SHORT', 'WORST', 'imperfect_preds', 'Boxes',
+           'flatten_boxes', 'coco_iou', 'coco_match', 'coco_accumulate', 'coco_summarize', 'voc_iou', 'voc_match',
+           'voc_ap', 'EvalReport', 'evaluate', 'to_coco', 'to_tidecv', 'pr_curve', 'plot_pr', 'ThresholdSweep',
+           'threshold_sweep', 'Confusion', 'confusion', 'ErrorBreakdown', 'error_breakdown', 'plot_worst', 'predict',
+           'detection_metric']
+
+# %% ../nbs/06_metrics.ipynb #a9c4a2d1
+def imperfect_preds(
+    ds,                    # a DetectionDataset (or Records with `.boxes`, `.labels`) and its `.classes`
+    seed:int=0,            # the torch generator's seed: the same seed gives the same predictions
+    jitter:float=0.12,     # box corners move by N(0, jitter * box width / height)
+    drop:float=0.2,        # fraction of GTs without a prediction
+    dup:float=0.25,        # fraction of predictions repeated 3 px off
+    swap:float=0.15,       # fraction given a random class (possibly the right one)
+)->list:                   # per image {"boxes", "labels", "scores"}, scores uniform in [0, 1)
+    "Predictions made from the GT: jittered boxes, some dropped, some duplicated, some with a wrong class, random scores"
+    g, K, out = torch.Generator().manual_seed(seed), len(ds.classes), []
+    for r in ds:
+        b, l = r.boxes.clone(), r.labels.clone()
+        wh = (b[:, 2:] - b[:, :2]).repeat(1, 2)
+        b = b + torch.randn(b.shape, generator=g) * jitter * wh
+        b = torch.cat([torch.minimum(b[:, :2], b[:, 2:]), torch.maximum(b[:, :2], b[:, 2:])], 1)
+        keep = torch.rand(len(b), generator=g) > drop
+        b, l = b[keep], l[keep]
+        l = torch.where(torch.rand(len(l), generator=g) < swap, torch.randint(0, K, (len(l),), generator=g), l)
+        d = torch.rand(len(l), generator=g) < dup
+        b, l = torch.cat([b, b[d] + 3]), torch.cat([l, l[d]])
+        out.append({"boxes": b, "labels": l, "scores": torch.rand(len(l), generator=g)})
+    return out
 
 # %% ../nbs/06_metrics.ipynb #d9bbfe5b
 MODES = ("coco", "voc07", "voc")
@@ -400,6 +427,7 @@ class EvalReport:
     tp:np.ndarray                  # (T, Nd) true positive at each IoU threshold (area "all")
     ignored:np.ndarray             # (T, Nd) matched a crowd / difficult GT: neither TP nor FP
     gt:np.ndarray                  # (T, Nd) index into targets of the matched GT, -1 if none
+    _cache:dict=field(default_factory=dict, repr=False, compare=False)   # error breakdowns already computed
 
     @property
     def map(self)->float: return float(self.stats[0])
@@ -424,9 +452,9 @@ class EvalReport:
         i = i[np.argsort(-sc[i], kind="stable")]
         return sc[i], self.tp[t, i], ~self.tp[t, i]
 
-    def table(self, score_thr:float=0.5, iou:float=0.5)->pd.DataFrame:
-        "Per class: detections and GTs, TP / FP / FN at `score_thr`, precision, recall, F1, and AP"
-        t, rows = self._t(iou), []
+    def table(self, score_thr=0.5, iou:float=0.5)->pd.DataFrame:
+        "Per class: detections and GTs, TP / FP / FN at `score_thr` (a number or 'best_f1'), precision, recall, F1, and AP"
+        t, rows, score_thr = self._t(iou), [], _score_thr(self, score_thr, iou)[0]
         for k, name in enumerate(self.classes):
             sc, tp, fp = self._dets(k, t); keep = sc >= score_thr
             rows.append(dict(cls=name, dets=int(keep.sum()), GTs=int(self.n_gt()[k]), TP=int(tp[keep].sum()),
@@ -448,10 +476,23 @@ class EvalReport:
         return df
 
     def pr_curve(self, cls, iou:float=0.5)->pd.DataFrame: return pr_curve(self, cls, iou)
-    def plot_pr(self, iou:float=0.5, score_thr:float=0.5, ax=None): return plot_pr(self, iou, score_thr, ax)
+    def plot_pr(self, iou:float=0.5, score_thr=0.5, ax=None): return plot_pr(self, iou, score_thr, ax)
     def threshold_sweep(self, iou:float=0.5, thresholds=None)->ThresholdSweep: return threshold_sweep(self, iou, thresholds)
-    def confusion(self, score_thr:float=0.5, iou:float=0.5)->Confusion: return confusion(self, score_thr, iou)
-    def errors(self, iou:float=0.5, bg_iou:float=0.1)->ErrorBreakdown: return error_breakdown(self, iou, bg_iou)
+    def best_score_thr(self, iou:float=0.5)->float:
+        "The score threshold with the best F1 over all classes (the lowest on ties; 0 when nothing is ever right)"
+        return float(self.threshold_sweep(iou).best().loc["all", "threshold"])
+    def confusion(self, score_thr="best_f1", iou:float=0.5)->Confusion: return confusion(self, score_thr, iou)
+    def errors(self, iou:float=0.5, bg_iou:float=0.1)->ErrorBreakdown:
+        "TIDE error breakdown (computed once per `iou`, `bg_iou`)"
+        k = ("errors", float(iou), float(bg_iou))
+        if k not in self._cache: self._cache[k] = error_breakdown(self, iou, bg_iou)
+        return self._cache[k]
+    def error_table(self, score_thr=None, iou:float=0.5, bg_iou:float=0.1)->pd.DataFrame:
+        "False positives and missed GTs per image, tagged by TIDE error type; `score_thr`: None (all), a number or 'best_f1'"
+        return self.errors(iou, bg_iou).table(None if score_thr is None else _score_thr(self, score_thr, iou)[0])
+    def plot_worst(self, images, kind:str="missed", n:int=4, score_thr="best_f1", iou:float=0.5, bg_iou:float=0.1):
+        "Gallery of the images with the most missed GTs (`kind='missed'`), false positives ('fp') or localisation errors ('loc')"
+        return plot_worst(self, images, kind, n, score_thr, iou, bg_iou)
 
     def summary(self)->pd.Series:
         "The headline numbers with their names"
@@ -462,6 +503,13 @@ class EvalReport:
     def _repr_html_(self):
         s = self.summary().to_frame().T.round(4).to_html()
         return f"<b>EvalReport</b> ({self.mode}, {self.preds.n_images} images)" + s + self.to_frame().round(3).to_html()
+
+def _score_thr(r:EvalReport, score_thr, iou:float)->tuple:
+    "(threshold, how it was chosen): a number as given, or 'best_f1' -> the best-F1 threshold over all classes"
+    if not isinstance(score_thr, str): return float(score_thr), ""
+    if score_thr != "best_f1": raise ValueError(f"score_thr={score_thr!r}: expected a number or 'best_f1'")
+    b = r.threshold_sweep(iou).best().loc["all"]
+    return float(b.threshold), (f"best F1 {b.F1:.2f}" if b.F1 > 0 else "best F1: none, no true positive at any score")
 
 def _pct(iou:float)->str: return f"{round(iou * 100):d}"
 
@@ -560,6 +608,24 @@ def to_coco(
     P = flatten_boxes(preds, "preds", len(classes), "cpu")
     return gt, [{"image_id": i, "category_id": k, "bbox": b, "score": s} for b, i, k, s in rows(P, P.scores)]
 
+# %% ../nbs/06_metrics.ipynb #33905104
+def to_tidecv(
+    preds:list,           # per image {"boxes", "scores", "labels"}
+    targets:list,         # per image {"boxes", "labels"[, "iscrowd"]}; crowd boxes become tidecv ignore regions
+    classes=None,         # class names or their number (None: from the labels)
+)->tuple:                 # (ground truth, predictions) as `tidecv.Data`, ids as in `to_coco`
+    "tidecv's `Data` for our per-image dicts, to run the TIDE reference on exactly the same boxes (needs `tidecv`)"
+    from tidecv import Data
+    gt_json, res = to_coco(preds, targets, classes)
+    gt, dt = Data("ground truth"), Data("predictions")
+    for c in gt_json["categories"]: gt.add_class(c["id"], c["name"]); dt.add_class(c["id"], c["name"])
+    for im in gt_json["images"]: gt.add_image(im["id"], str(im["id"])); dt.add_image(im["id"], str(im["id"]))
+    for a in gt_json["annotations"]:
+        add = gt.add_ignore_region if a["iscrowd"] else gt.add_ground_truth
+        add(a["image_id"], a["category_id"], a["bbox"])
+    for d in res: dt.add_detection(d["image_id"], d["category_id"], d["score"], d["bbox"])
+    return gt, dt
+
 # %% ../nbs/06_metrics.ipynb #5d8995f2
 def pr_curve(
     r:EvalReport,       # from `evaluate`
@@ -577,10 +643,10 @@ def pr_curve(
 
 def _colors(n:int)->list: return plt.get_cmap("tab10")(np.arange(n) % 10)
 
-def plot_pr(r:EvalReport, iou:float=0.5, score_thr:float=0.5, ax=None):
-    "Interpolated PR curve per class (raw precision faint); dots mark the operating point at `score_thr`"
+def plot_pr(r:EvalReport, iou:float=0.5, score_thr=0.5, ax=None):
+    "Interpolated PR curve per class (raw precision faint); dots mark the operating point at `score_thr` (or 'best_f1')"
     if ax is None: _, ax = plt.subplots(figsize=(6.5, 4.5))
-    t = r._t(iou)
+    t, score_thr = r._t(iou), _score_thr(r, score_thr, iou)[0]
     for k, (name, c) in enumerate(zip(r.classes, _colors(len(r.classes)))):
         df = r.pr_curve(k, iou); ap = r.ap_iou[t, k]
         lbl = f"{name}: AP{_pct(iou)} {ap:.3f} ({r.n_gt()[k]} GT, {len(df)} dets)"
@@ -591,7 +657,7 @@ def plot_pr(r:EvalReport, iou:float=0.5, score_thr:float=0.5, ax=None):
         op = int((df.score >= score_thr).sum()) - 1
         if op >= 0: ax.plot(df.recall.iloc[op], df.precision.iloc[op], "o", color=c, ms=7, mec="k")
     ax.set(xlim=(0, 1.01), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
-           title=f"Precision-recall at IoU {iou} ({r.mode}); dots: score >= {score_thr}")
+           title=f"Precision-recall at IoU {iou} ({r.mode}); dots: score ≥ {score_thr:g}")
     ax.grid(alpha=.3); ax.legend(fontsize=8, loc="upper right")
     return ax
 
@@ -681,6 +747,8 @@ class Confusion:
     "Class confusion of detections with GTs (class-agnostic greedy matching), with a background row and column"
     matrix:pd.DataFrame         # rows: GT class + "background" (detection matched no GT); columns: predicted class + "background" (missed GT)
     score_thr:float; iou:float
+    rule:str=""                 # how `score_thr` was chosen ("best F1 0.41"), empty when given
+    def _what(self)->str: return f"score ≥ {self.score_thr:.2f}" + (f" ({self.rule})" if self.rule else "") + f", IoU ≥ {self.iou:g}"
     def to_frame(self)->pd.DataFrame: return self.matrix
     def plot(self, ax=None):
         import seaborn as sns
@@ -690,19 +758,20 @@ class Confusion:
         sns.heatmap(frac, annot=m.values, fmt="d", cmap="Blues", vmin=0, vmax=1, ax=ax, linewidths=.5,
                     cbar_kws={"label": "fraction of the row"})
         ax.set(xlabel="predicted class", ylabel="ground-truth class",
-               title=f"Confusion at score >= {self.score_thr}, IoU >= {self.iou}")
+               title=f"Confusion at {self._what()}")
         ax.tick_params(axis="x", rotation=30); ax.tick_params(axis="y", rotation=0)
         return ax
-    def __repr__(self): return f"Confusion(score_thr={self.score_thr}, iou={self.iou})\n{self.matrix}"
-    def _repr_html_(self): return f"<b>Confusion</b> (score >= {self.score_thr}, IoU >= {self.iou})" + self.matrix.to_html()
+    def __repr__(self): return f"Confusion at {self._what()}\n{self.matrix}"
+    def _repr_html_(self): return f"<b>Confusion</b> at {self._what()}" + self.matrix.to_html()
 
 def confusion(
     r:EvalReport,
-    score_thr:float=0.5,   # detections below this score are not shown
+    score_thr="best_f1",   # detections below this score are not shown; "best_f1": the best-F1 threshold of all classes
     iou:float=0.5,         # a detection and a GT of any class pair up at IoU >= this
 )->Confusion:
     "Confusion matrix: GT class vs predicted class, plus missed GTs and detections on background"
     P, G, K = r.preds, r.targets, len(r.classes)
+    score_thr, rule = _score_thr(r, score_thr, iou)
     d = torch.as_tensor(r.det)[P.scores[torch.as_tensor(r.det)] >= score_thr]
     md, mg = _greedy_pairs(*_image_pairs(r, d, torch.arange(len(G)), iou))
     m = np.zeros((K + 1, K + 1), dtype=np.int64)
@@ -713,86 +782,262 @@ def confusion(
     free_g = ~G.ignore.clone(); free_g[mg] = False
     np.add.at(m, (G.labels[free_g].numpy(), np.full(int(free_g.sum()), K)), 1)
     names = [*r.classes, "background"]
-    return Confusion(pd.DataFrame(m, index=pd.Index(names, name="GT"), columns=pd.Index(names, name="predicted")), score_thr, iou)
+    return Confusion(pd.DataFrame(m, index=pd.Index(names, name="GT"), columns=pd.Index(names, name="predicted")), score_thr, iou, rule)
 
-# %% ../nbs/06_metrics.ipynb #e5a295f4
+# %% ../nbs/06_metrics.ipynb #ee21e55d
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
+ERROR_SHORT = dict(zip(ERROR_TYPES, ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")))   # TIDE's / tidecv's names
+
+def _best_gt(d:torch.Tensor, g:torch.Tensor, v:torch.Tensor, n:int)->tuple:
+    "Per detection 0..n-1: its largest pair IoU `v` (-1 if none) and that pair's GT, the lowest GT index on ties (-1)"
+    best, at = np.full(n, -1.), np.full(n, -1)
+    if len(d) == 0: return best, at
+    best = torch.full((n,), -1., dtype=torch.float64).scatter_reduce(0, d, v, "amax")
+    top = v == best[d]
+    first = torch.full((n,), 1 << 62, dtype=torch.int64).scatter_reduce(0, d[top], g[top], "amin")
+    return best.numpy(), torch.where(best >= 0, first, -1).numpy()
+
+def _error_kinds(s:np.ndarray, o:np.ndarray, iou:float, bg_iou:float)->np.ndarray:
+    "TIDE's type of each false positive from its best IoU with a GT of its own class (s) and of another class (o)"
+    return np.select([(s >= bg_iou) & (s <= iou), o >= iou, s >= iou, np.maximum(s, o) <= bg_iou],
+                     ["localisation", "classification", "duplicate", "background"], "both")
+
+def _fix_one_per_gt(fp:np.ndarray, score:np.ndarray, target:np.ndarray, aims:np.ndarray)->np.ndarray:
+    "Among the errors that `aims` at a GT, the highest-scored one per GT (the first in input order on ties)"
+    i = np.flatnonzero(aims)
+    i = i[np.lexsort((fp[i], -score[i], target[i]))]                     # per GT: best score first
+    best = np.zeros(len(fp), dtype=bool)
+    best[i[np.r_[True, target[i][1:] != target[i][:-1]]] if len(i) else i] = True
+    return best
+
+def _map_of(mode:str, labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray)->float:
+    "mAP of scored TP / FP flags under the mode's AP (COCO: 101 recall points; VOC: the devkit); classes without GT: nan"
+    o = np.lexsort((np.arange(len(labels)), -scores, labels))              # pycocotools' / the devkit's order
+    labels, tp = labels[o], tp[o]
+    rec_thrs, aps = torch.as_tensor(REC_THRS), []
+    for k, n in enumerate(npos):
+        t = tp[labels == k]
+        if n == 0: aps.append(np.nan)
+        elif mode == "coco":
+            q, _ = _pr_at_recall(torch.as_tensor(t[:, None]), torch.as_tensor(~t[:, None]), int(n), rec_thrs)
+            aps.append(float(q.mean()))
+        else: aps.append(voc_ap(t, ~t, int(n), mode == "voc07"))
+    return float(_nanmean(np.array(aps)))
+
+# %% ../nbs/06_metrics.ipynb #f8338d0d
+@dataclass
+class _Tide:
+    "Every evaluated detection's and GT's part in a TIDE breakdown at one IoU (indices into preds / targets)"
+    fp:np.ndarray        # (F,) false positives
+    kind:np.ndarray      # (F,) their error type
+    iou:np.ndarray       # (F,) IoU with the GT the type refers to (best same-class / other-class / any GT)
+    target:np.ndarray    # (F,) the GT a classification / localisation error aims at, else -1
+    fixes:np.ndarray     # (F,) the one error per GT that a fix turns into a TP; the others aimed at it are suppressed
+    tp:np.ndarray        # (Nt,) true positives (detections) and the GT each matched
+    tp_gt:np.ndarray
+    aims:np.ndarray      # (F,) a classification / localisation error aimed at a GT no detection found
+    missed:np.ndarray    # (Ng,) bool: a real GT nothing found or aimed at
+
+def _tide(base:EvalReport, iou:float, bg_iou:float)->_Tide:
+    "Type each false positive as tidecv does and pick the errors a fix would turn into TPs"
+    P, G, n = base.preds, base.targets, len(base.preds)
+    det, tp, ign = base.det, base.tp[0], base.ignored[0]
+    fp = det[~tp & ~ign]
+    d, g, v = _image_pairs(base, torch.as_tensor(fp, dtype=torch.int64), torch.nonzero(~G.ignore)[:, 0])
+    same = P.labels[d] == G.labels[g]
+    s, gs = (a[fp] for a in _best_gt(d[same], g[same], v[same], n))
+    o, go = (a[fp] for a in _best_gt(d[~same], g[~same], v[~same], n))
+    kind = _error_kinds(s, o, iou, bg_iou)
+    used = np.zeros(len(G), dtype=bool); used[base.gt[0][tp]] = True
+    target = np.select([kind == "localisation", kind == "classification"], [gs, go], -1)
+    aims = ~np.r_[used, True][target]                                      # aimed at a GT no detection found
+    missed = ~G.ignore.numpy() & ~used
+    missed[target[aims]] = False
+    kiou = np.select([np.isin(kind, ["localisation", "duplicate"]), kind == "classification"], [s, o], np.maximum(s, o))
+    return _Tide(fp, kind, np.maximum(kiou, 0), target, _fix_one_per_gt(fp, P.scores.numpy()[fp], target, aims),
+                 det[tp], base.gt[0][tp], aims, missed)
+
+def _fixed_maps(base:EvalReport, t:_Tide)->tuple:
+    "mAP before any fix, and the mAP gained by fixing each error type alone as tidecv does"
+    P, G, K = base.preds, base.targets, len(base.classes)
+    lab, score, glab = P.labels.numpy(), P.scores.numpy(), G.labels.numpy()
+    npos = np.bincount(glab[~G.ignore.numpy()], minlength=K)
+    def score_of(fixed, relabel, drop, npos):
+        d = np.r_[t.tp, t.fp[~drop]]
+        l = np.r_[lab[t.tp], np.where(relabel, np.r_[glab, -1][t.target], lab[t.fp])[~drop]]
+        return _map_of(base.mode, l, score[d], np.r_[np.ones(len(t.tp), bool), fixed[~drop]], npos)
+    no = np.zeros(len(t.fp), dtype=bool)
+    base_map = score_of(no, no, no, npos)
+    delta = {}
+    for e in ERROR_TYPES[:-1]:
+        this = t.kind == e
+        fixed = this & t.fixes if e in ("classification", "localisation") else no
+        delta[e] = score_of(fixed, fixed & (e == "classification"), this & ~fixed, npos) - base_map
+    delta["missed"] = score_of(no, no, no, npos - np.bincount(glab[t.missed], minlength=K)) - base_map
+    return base_map, delta
+
+# %% ../nbs/06_metrics.ipynb #a36614ae
+def _frame(B:Boxes, idx:np.ndarray, classes:list, **cols)->pd.DataFrame:
+    "Rows for boxes `idx` of `B`: image, class (dataset order), box and extra columns"
+    b = B.boxes.numpy()[idx].reshape(-1, 4)
+    return pd.DataFrame(dict(image=B.img.numpy()[idx], cls=pd.Categorical.from_codes(B.labels.numpy()[idx], classes),
+                             x1=b[:, 0], y1=b[:, 1], x2=b[:, 2], y2=b[:, 3], **cols))
 
 @dataclass(repr=False)
 class ErrorBreakdown:
-    "TIDE-style error types: how many of each, and the mAP each would add if it were fixed alone"
-    counts:pd.DataFrame         # (error type x class) counts
-    delta_map:pd.Series         # mAP gained when fixing each error type alone
-    base_map:float              # mAP at `iou` before any fix
+    "TIDE error types as tidecv computes them: how many of each, the mAP each would add if fixed alone, and where they are"
+    counts:pd.DataFrame         # (error type x class) counts, classes in dataset order
+    delta_map:pd.Series         # mAP gained when fixing each error type alone (nan where the mAP is undefined)
+    base_map:float              # mAP at `iou` before any fix (nan without ground truth)
     iou:float; bg_iou:float
+    dets:pd.DataFrame=field(default=None)   # every evaluated detection: image, cls, box, det_id, score, error (NaN: TP), iou, gt_id
+    gts:pd.DataFrame=field(default=None)    # every real GT: image, cls, box, gt_id, found / aimed (best score of a TP / error at it)
+    n_images:int=0
+
+    def table(self, score_thr:float=None)->pd.DataFrame:
+        "False positives (score >= `score_thr`) and missed GTs, one row each, tagged by error type, image by image"
+        thr = -np.inf if score_thr is None else float(score_thr)
+        fp = self.dets[self.dets.error.notna() & (self.dets.score >= thr)]
+        g = self.gts
+        missed = g[~(g.found >= thr) & ~(g.aimed >= thr)].assign(error="missed", score=np.nan, iou=np.nan, det_id=pd.NA)
+        cols = ["image", "error", "cls", "score", "x1", "y1", "x2", "y2", "iou", "det_id", "gt_id"]
+        t = pd.concat([fp.assign(m=0), missed.assign(m=1)], ignore_index=True)
+        t = t.sort_values(["image", "m", "score"], ascending=[True, True, False], kind="stable")[cols].reset_index(drop=True)
+        t["error"] = pd.Categorical(t.error, ERROR_TYPES)
+        t[["det_id", "gt_id"]] = t[["det_id", "gt_id"]].astype("Int64")
+        return t
+    def per_image(self, score_thr:float=None)->pd.DataFrame:
+        "Per image: all false positives (FP) and the errors of each type at `score_thr`"
+        t = self.table(score_thr)
+        c = pd.DataFrame({e: t[t.error == e].groupby("image").size() for e in ERROR_TYPES})
+        c = c.reindex(range(self.n_images)).fillna(0).astype(int)
+        c.insert(0, "FP", c[list(ERROR_TYPES[:-1])].sum(axis=1))
+        return c.rename_axis("image")
     def to_frame(self)->pd.DataFrame:
         return pd.DataFrame({"count": self.counts.sum(axis=1), "dmAP": self.delta_map}).rename_axis("error")
     def plot(self, axs=None):
         if axs is None: _, axs = plt.subplots(1, 2, figsize=(12, 3.6))
         d = self.delta_map[::-1]
-        axs[0].barh(d.index, d.values, color="tab:red")
-        for y, v in enumerate(d.values): axs[0].text(v, y, f" {v:+.3f}", va="center", fontsize=8)
-        axs[0].set(xlabel=f"mAP{_pct(self.iou)} gained if fixed", title=f"Fixing each error type (base mAP {self.base_map:.3f})")
-        axs[0].set_xlim(0, max(d.max(), 1e-3) * 1.3)
-        self.counts[::-1].plot.barh(stacked=True, ax=axs[1], color=_colors(self.counts.shape[1]), width=.7)
-        axs[1].set(xlabel="count", ylabel="", title=f"Errors by class (IoU {self.iou}, background < {self.bg_iou})")
-        axs[1].legend(fontsize=8)
+        ok = np.isfinite(d.values)
+        axs[0].barh(d.index, np.where(ok, d.values, 0), color="tab:red")
+        for y, v in enumerate(d.values): axs[0].text(max(v, 0) if np.isfinite(v) else 0, y, f" {v:+.3f}" if np.isfinite(v) else " n/a", va="center", fontsize=8)
+        axs[0].set(xlabel=f"mAP{_pct(self.iou)} gained if fixed", title=f"Fixing each error type (base mAP {_f3(self.base_map)})")
+        axs[0].set_xlim(0, max(np.max(d.values[ok], initial=0), 1e-3) * 1.3)
+        note = _error_note(self)
+        if note: axs[0].text(.98, .04, note, transform=axs[0].transAxes, ha="right", va="bottom", fontsize=8, color="0.3", wrap=True)
+        if self.counts.to_numpy().sum():
+            self.counts[::-1].plot.barh(stacked=True, ax=axs[1], color=_colors(self.counts.shape[1]), width=.7)
+            axs[1].legend(fontsize=8)
+        else:
+            axs[1].set_yticks(range(len(ERROR_TYPES)), ERROR_TYPES[::-1])
+            axs[1].text(.5, .5, "no detections and no ground truth" if not len(self.dets) + len(self.gts) else
+                        "no errors: every detection is a true positive\nand every ground-truth box was found",
+                        transform=axs[1].transAxes, ha="center", va="center", fontsize=9, color="0.3")
+        axs[1].set(xlabel="count", ylabel="", title=f"Errors by class (IoU {self.iou}, background ≤ {self.bg_iou})")
         return axs
     def __repr__(self): return f"ErrorBreakdown(base mAP{_pct(self.iou)}={self.base_map:.4f})\n{self.to_frame().round(4)}"
     def _repr_html_(self): return f"<b>ErrorBreakdown</b> (base mAP{_pct(self.iou)} {self.base_map:.4f})" + self.to_frame().round(4).to_html()
 
-def _max_by(idx:torch.Tensor, val:torch.Tensor, other:torch.Tensor, n:int)->tuple:
-    "Per index: the largest `val` (-1 if none) and the `other` entry where it occurs"
-    best = torch.full((n,), -1., dtype=torch.float64).scatter_reduce(0, idx, val, "amax")
-    at = torch.full((n,), -1, dtype=torch.int64)
-    hit = val == best[idx]; at[idx[hit]] = other[hit]
-    return best, at
+def _f3(v:float)->str: return f"{v:.3f}" if np.isfinite(v) else "n/a"
+
+def _error_note(e:ErrorBreakdown)->str:
+    "Why some gains are n/a (empty string when all are defined)"
+    if not len(e.gts): return "no ground truth: mAP is undefined, nothing to fix" + ("" if len(e.dets) else " (and no detections)")
+    if not np.isfinite(e.delta_map["missed"]): return "missed n/a: without the missed boxes no class has ground truth left"
+    return ""
 
 def error_breakdown(
     r:EvalReport,
     iou:float=0.5,        # foreground IoU: a detection is correct at IoU >= this
     bg_iou:float=0.1,     # a false positive with IoU <= this with every GT is a background error
 )->ErrorBreakdown:
-    "Classify false positives and missed GTs as TIDE does, and re-evaluate with each type fixed"
-    P, G, K = r.preds, r.targets, len(r.classes)
-    run = lambda p, g: _run(p, g, r.classes, r.mode, np.array([iou]), r.max_dets)
+    "TIDE's error types and the mAP each would add if fixed alone, equal to tidecv's (one fix per GT)"
     with _single_thread():
-        base = run(P, G)
-        fp = torch.as_tensor(base.det[~base.tp[0] & ~base.ignored[0]])
-        pd_, pg, v = _image_pairs(r, fp, torch.nonzero(~G.ignore)[:, 0])
-        same = P.labels[pd_] == G.labels[pg]
-        n = len(P)
-        iou_s, g_s = _max_by(pd_[same], v[same], pg[same], n)
-        iou_o, g_o = _max_by(pd_[~same], v[~same], pg[~same], n)
-        s, o = iou_s[fp], iou_o[fp]
-        kind = np.select([((s >= bg_iou) & (s < iou)).numpy(), (o >= iou).numpy(), (s >= iou).numpy(),
-                          (torch.maximum(s, o) <= bg_iou).numpy()],
-                         ["localisation", "classification", "duplicate", "background"], "both")
-        used = torch.zeros(len(G), dtype=torch.bool); used[base.gt[0][base.tp[0]]] = True
-        target = torch.where(torch.as_tensor(kind == "localisation"), g_s[fp], g_o[fp])
-        fixable = torch.as_tensor(np.isin(kind, ["localisation", "classification"])) & ~used[target.clamp(min=0)]
-        covered = torch.zeros(len(G), dtype=torch.bool); covered[target[fixable]] = True
-        missed = ~G.ignore & ~used & ~covered
-        base_map = float(_nanmean(base.ap_iou[0]))
-        delta = {}
-        for e in ERROR_TYPES:
-            p, g = P, G
-            if e == "missed": g = G.subset(~missed)
-            else:
-                this = torch.as_tensor(kind == e)
-                drop = torch.zeros(n, dtype=torch.bool); drop[fp[this & ~fixable]] = True
-                p = Boxes(P.img, P.boxes.clone(), P.labels.clone(), P.scores, n_images=P.n_images)
-                f, tg = fp[this & fixable], target[this & fixable]
-                if e == "classification": p.labels[f] = G.labels[tg]
-                if e == "localisation": p.boxes[f] = G.boxes[tg]
-                p = p.subset(~drop)
-            delta[e] = float(_nanmean(run(p, g).ap_iou[0])) - base_map
-    counts = pd.DataFrame(0, index=pd.Index(ERROR_TYPES, name="error"), columns=r.classes)
-    lab = P.labels[fp].numpy()
-    for e in ERROR_TYPES[:-1]:
-        counts.loc[e] = np.bincount(lab[kind == e], minlength=K)
-    counts.loc["missed"] = np.bincount(G.labels[missed].numpy(), minlength=K)
-    return ErrorBreakdown(counts, pd.Series(delta, name="dmAP"), base_map, iou, bg_iou)
+        base = _run(r.preds, r.targets, r.classes, r.mode, np.array([iou]), r.max_dets)
+        t = _tide(base, iou, bg_iou)
+        base_map, delta = _fixed_maps(base, t)
+    P, G, K, classes = base.preds, base.targets, len(base.classes), base.classes
+    fp_lab = P.labels.numpy()[t.fp]
+    counts = pd.DataFrame(0, index=pd.Index(ERROR_TYPES, name="error"), columns=classes)
+    for e in ERROR_TYPES[:-1]: counts.loc[e] = np.bincount(fp_lab[t.kind == e], minlength=K)
+    counts.loc["missed"] = np.bincount(G.labels.numpy()[t.missed], minlength=K)
+    score = P.scores.numpy()
+    d = np.r_[t.tp, t.fp]
+    gt = np.r_[t.tp_gt, t.target]
+    dets = _frame(P, d, classes, det_id=d, score=score[d], error=pd.Categorical(np.r_[[None] * len(t.tp), t.kind], ERROR_TYPES),
+                  iou=np.r_[np.full(len(t.tp), np.nan), t.iou], gt_id=pd.array(np.where(gt >= 0, gt, None), dtype="Int64"))
+    dets = dets.sort_values(["image", "score"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    real = np.flatnonzero(~G.ignore.numpy())
+    best = lambda idx, s: pd.Series(s).groupby(idx).max().reindex(real).to_numpy() if len(idx) else np.full(len(real), np.nan)
+    gts = _frame(G, real, classes, gt_id=real, found=best(t.tp_gt, score[t.tp]), aimed=best(t.target[t.aims], score[t.fp][t.aims]))
+    return ErrorBreakdown(counts, pd.Series(delta, name="dmAP"), base_map, iou, bg_iou, dets, gts, P.n_images)
+
+# %% ../nbs/06_metrics.ipynb #d3987d26
+WORST = {"missed": "missed", "fp": "FP", "loc": "localisation"}   # plot_worst's kinds -> the per_image column ranked
+
+def _image_name(img, i:int)->str:
+    p = getattr(img, "path", img)
+    return Path(p).name if isinstance(p, (str, Path)) else f"image {i}"
+
+def _gallery(arrays:list)->tuple:
+    "Figure and axes sized from the images' aspect: one 12-inch column for wide images (weld beads), up to 4 for squarish ones"
+    a = float(np.median([x.shape[1] / x.shape[0] for x in arrays]))
+    cols, w = (1, 12.) if a >= 1.8 else (min(len(arrays), 4), 3.3)
+    rows = -(-len(arrays) // cols)
+    H = rows * (w / a + 0.75) + 0.9                                  # + two title lines per image, suptitle and legend
+    fig, axs = plt.subplots(rows, cols, figsize=(max(cols * w, 7.), H), squeeze=False)
+    for ax in axs.flat[len(arrays):]: ax.axis("off")
+    return fig, axs.flat[:len(arrays)], H
+
+def _draw_errors(ax, r:EvalReport, e:ErrorBreakdown, img, name:str, i:int, thr:float, fontsize:float):
+    "Image `i` with its GTs (solid; missed ones labelled) and its detections >= thr (dashed; class, score, error type)"
+    d, g, K = e.dets, e.gts, len(r.classes)
+    d = d[(d.image == i) & (d.score >= thr)]
+    g = g[g.image == i]
+    t = e.table(thr); miss = t[(t.image == i) & (t.error == "missed")]
+    box = lambda f: np.array(f[["x1", "y1", "x2", "y2"]], dtype=np.float64)
+    code = lambda f: np.array(f.cls.cat.codes, dtype=np.int64)
+    per = e.per_image(thr).loc[i]
+    show_image(img, ax, title=f"{name}\n{len(g)} GT · {per.missed} missed · {per.FP} FP ({per.localisation} Loc)")
+    draw_boxes(ax, box(g), code(g), r.classes, fontsize=0, lw=1.2)
+    draw_boxes(ax, box(miss), code(miss), [f"{c} · missed" for c in r.classes], fontsize=fontsize, lw=2.4)
+    for err, f in d.groupby("error", observed=False, dropna=False):
+        tag = "" if pd.isna(err) else f" · {ERROR_SHORT[err]}"
+        draw_boxes(ax, box(f), code(f), [f"{c}{tag}" for c in r.classes], np.array(f.score, dtype=np.float64), fontsize=fontsize, ls="--")
+
+def plot_worst(
+    r:EvalReport,
+    images,                        # the images behind the predictions, in order: a DetectionDataset, Records, paths or arrays
+    kind:str="missed",             # "missed" (most missed GTs), "fp" (most false positives) or "loc" (most localisation errors)
+    n:int=4,                       # images to show (fewer when fewer have such errors)
+    score_thr="best_f1",           # detections drawn and counted: score >= this; "best_f1": the best-F1 threshold
+    iou:float=0.5, bg_iou:float=0.1,   # as `error_breakdown`
+    fontsize:float=7,              # box label size
+):
+    "The validation images with the most errors of one kind, every box labelled with class, score and TIDE error type"
+    if kind not in WORST: raise ValueError(f"kind={kind!r}: expected one of {list(WORST)}")
+    if len(images) != r.preds.n_images:
+        raise ValueError(f"images: {len(images)} images, but the predictions cover {r.preds.n_images}; pass them in prediction order")
+    thr, rule = _score_thr(r, score_thr, iou)
+    e = r.errors(iou, bg_iou)
+    per = e.per_image(thr)
+    tie = ["missed", "FP"] if kind != "missed" else ["FP"]
+    rank = per.sort_values([WORST[kind], *tie], ascending=False, kind="stable")
+    pick = rank.index[rank[WORST[kind]] > 0][:n].tolist()
+    what = {"missed": "missed ground-truth boxes", "fp": "false positives", "loc": "localisation errors"}[kind]
+    cut = f"score ≥ {thr:.2f}" + (f", {rule}" if rule else "")
+    if not pick:
+        fig, ax = plt.subplots(figsize=(8, 1.2)); ax.axis("off")
+        ax.text(.5, .5, f"No image has {what} at {cut}.", ha="center", va="center", fontsize=10)
+        return fig
+    arrays = [_to_numpy_image(images[i]) for i in pick]
+    fig, axs, H = _gallery(arrays)
+    for ax, i, a in zip(axs, pick, arrays): _draw_errors(ax, r, e, a, _image_name(images[i], i), i, thr, fontsize)
+    fig.legend(handles=_class_patches(r.classes), loc="lower center", ncol=min(len(r.classes), 6), fontsize=8, frameon=False)
+    fig.suptitle(f"The {len(pick)} images with the most {what} ({cut})\nsolid: ground truth · dashed: detections · "
+                 f"Cls / Loc / Both / Dupe / Bkg: false-positive type", fontsize=9)
+    fig.tight_layout(rect=(0, 0.35 / H, 1, 1 - 0.45 / H))
+    return fig
 
 # %% ../nbs/06_metrics.ipynb #7c42447c
 def _records_in_order(dl)->list:

@@ -352,7 +352,7 @@ def _gt(target)->tuple:
     if isinstance(target, dict): return target["boxes"], target.get("labels")
     return target.boxes, target.labels
 
-MAX_HEIGHT = 10.0   # inches: a figure of image panels is never taller (a 6-class map of a square image was 73 in)
+MAX_HEIGHT = 13.0   # inches: a figure of image panels is never taller (a 6-class map of a square image was 73 in)
 
 def _fig_rows(n:int, ncols:int=1, w:float=12.0, aspect:float=0.26, figsize=None, max_h:float=MAX_HEIGHT):
     "Figure of n rows x ncols image panels of height/width `aspect`: `w` wide, panels shrunk so it is at most `max_h` tall"

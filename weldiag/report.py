@@ -25,10 +25,10 @@ from .metrics import evaluate, predict
 from .probmaps import class_prob_maps, feature_maps, plot_class_maps, plot_level_grid, roi_class_scores
 
 # %% auto #0
-__all__ = ['JPEG_QUALITY', 'MODELS', 'SPLITS', 'LR_RANGE', 'SCALE_NOTE', 'SCORE_THRESH', 'STEPS', 'TRAINING_STEPS', 'fig_to_png',
-           'fig_to_jpeg', 'Section', 'HTMLReport', 'DemoConfig', 'resolve_device', 'split_dataset', 'load_splits',
-           'Run', 'data_step', 'coverage_step', 'lr_step', 'train_step', 'eval_step', 'maps_step', 'diagnose',
-           'demo_command', 'report_command']
+__all__ = ['JPEG_QUALITY', 'MODELS', 'SPLITS', 'LR_RANGE', 'WORST_KINDS', 'SCALE_NOTE', 'SCORE_THRESH', 'STEPS', 'TRAINING_STEPS',
+           'fig_to_png', 'fig_to_jpeg', 'Section', 'HTMLReport', 'DemoConfig', 'resolve_device', 'split_dataset',
+           'load_splits', 'Run', 'data_step', 'coverage_step', 'lr_step', 'train_step', 'eval_step', 'maps_step',
+           'diagnose', 'demo_command', 'report_command']
 
 # %% ../nbs/08_report.ipynb #bc7a7d25
 _CSS = """
@@ -67,12 +67,17 @@ def _inline(s)->str:
 
 def _slug(title:str)->str: return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
 
-def fig_to_png(fig, dpi:int=90)->bytes:
-    "PNG bytes of a matplotlib figure (tight bounding box)"
+def fig_to_png(fig, dpi:int=90, palette:bool=True)->bytes:
+    "PNG bytes of a matplotlib figure (tight bounding box); `palette`: 256 colours (charts: a third of the bytes, same look)"
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
-    return buf.getvalue()
+    if not palette: return buf.getvalue()
+    from PIL import Image
+    buf.seek(0)
+    with Image.open(buf) as im: q = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO(); q.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
-JPEG_QUALITY = 88   # photographs: about a fifth of the PNG's bytes, no visible loss at the report's scale
+JPEG_QUALITY = 80   # photographs: about a seventh of the PNG's bytes, no visible loss at the report's scale
 
 def fig_to_jpeg(fig, dpi:int=90, quality:int=JPEG_QUALITY)->bytes:
     "JPEG bytes of a matplotlib figure (tight bounding box, 4:4:4 chroma so thin coloured boxes keep their colour)"
@@ -481,16 +486,36 @@ def eval_step(run:Run):
     rep.table(ev.to_frame(), "Per class: AP over IoU .5:.95, AP50, ground-truth count and more.")
     rep.figure(_figure_of(ev.plot_pr()), "pr_curves", "Precision-recall curves per class at IoU 0.5; the dot is the "
                "operating point at score 0.5. A curve that ends at low recall means boxes are never proposed.")
-    rep.figure(_figure_of(ev.confusion().plot()), "confusion", "Confusion at score ≥ 0.5 and IoU ≥ 0.5: rows are "
-               "ground-truth classes, columns predictions; the background column counts missed boxes, the background row "
-               "false alarms.")
-    rep.figure(_figure_of(ev.errors().plot()), "errors", "Error breakdown: how much AP50 each error type (classification, "
-               "localisation, duplicates, background, missed) costs: fix the largest first.")
-    rep.figure(_plot_predictions(run, preds, n=min(4, len(run.valid))), "predictions", "Validation images: ground truth "
-               "(solid) and predictions with score ≥ 0.3 (dashed). Lower the score threshold if boxes are right but "
-               "scores low.", photo=True)
+    cm = ev.confusion()     # at the score threshold with the best F1 over all classes
+    how = f"score ≥ {cm.score_thr:.2f}" + (f" ({cm.rule}: the threshold with the best F1 over all classes)" if cm.rule else "")
+    rep.figure(_figure_of(cm.plot()), "confusion", f"Confusion at {how} and IoU ≥ {cm.iou:g}: rows are ground-truth "
+               "classes, columns predictions; the background column counts missed boxes, the background row false alarms. "
+               "(`ev.confusion(score_thr=0.5)` gives the fixed 0.5 one.)")
+    rep.figure(_figure_of(ev.errors().plot()), "errors", "Error breakdown (TIDE, with tidecv's rule: of several "
+               "classification / localisation errors aimed at one GT only the best-scored is fixed): how much AP50 each "
+               "error type costs; fix the largest first.")
+    _worst_images(run, ev, cm.score_thr, how)
     run.summary["evaluation"] = {k: float(v) for k, v in s.items()} | {"ap_per_class": {run.classes[k]: float(v)
-                                 for k, v in ev.ap.items()}, "detections": int(sum(len(p["boxes"]) for p in preds))}
+                                 for k, v in ev.ap.items()}, "detections": n_det, "best_f1_score_thr": cm.score_thr}
+
+WORST_KINDS = {"missed": "the most missed ground-truth boxes", "fp": "the most false positives",
+               "loc": "the most localisation errors (right class, IoU 0.1–0.5)"}
+
+def _worst_images(run:Run, ev, thr:float, how:str):
+    "Per image the false positives and missed GTs by error type (errors.csv), and galleries of the worst images"
+    rep, t = run.report, ev.error_table(thr)
+    names = [r.path.name for r in run.valid]
+    t.insert(1, "file", [names[i] for i in t.image])
+    if rep.out is not None: t.to_csv(rep.out / "errors.csv", index=False)
+    per = ev.errors().per_image(thr)
+    per.insert(0, "file", names)
+    rep.heading("What to look at first")
+    rep.table(per.sort_values(["FP", "missed"], ascending=False).head(10), f"The 10 images with the most errors at {how}: "
+              "false positives (FP) and each error type. errors.csv lists every false positive and missed box with its "
+              "class, score, box and error type.", index=False)
+    for kind, what in WORST_KINDS.items():
+        rep.figure(ev.plot_worst(run.valid, kind, n=3), f"worst_{kind}", f"The {run.summary.get('evaluated_split', 'val')} "
+                   f"images with {what} at {how}; every box labelled with class, score and error type.", photo=True)
 
 def _eval_degenerate(run:Run, preds:list, n_det:int, n_gt:int, split:str):
     "No GT boxes or no detections: say which, what is undefined, and what to do; still show the images"
