@@ -8,10 +8,21 @@ steps, A and C would sometimes follow themselves, warm, and B never would). fast
 (with_hist=True)` / weldiag `ActivationStatsCallback`; one-epoch fits interleaved the same way, per-training-batch times
 taken by a callback (validation excluded). Everything is repeated `--repeats` times and each repeat's ratio printed.
 
+Side by side (issue 16): for the small CNN and for a real torchvision RetinaNet (ResNet-50 FPN, `weights=None`, every
+module with parameters recorded), five copies of the model train on the same batches, interleaved the same way: plain;
+weldiag activations only; weldiag activations + gradients + update ratios (`grads=True, optimizer=opt`); fastai's
+`ActivationStats(with_hist=True)` hook on the same modules (fastai's own `Hooks`, its per-batch record kept as its
+callback does); W&B `watch(log="all", log_freq=1)` in offline mode with a `wandb.log` per step (skipped when wandb is not
+installed). Each ratio is a median step time over the plain median, printed per repeat.
+
 Memory: `--memory` runs a tiny model for 2,000 and for 100,000 recorded steps and prints the bytes the statistics hold.
 
     python bench/activation_overhead.py [--rounds 15] [--repeats 3] [--burst 2] [--batch 32] [--size 64] [--memory]
-                                        [--clock wall|process] [--threads N] [--skip-fastai]
+                                        [--clock wall|process] [--threads N] [--skip-fastai] [--skip-side]
+                                        [--models cnn,retinanet] [--quick]
+
+The issue-16 figures are CPU time with one thread: `--clock process --threads 1`. `--quick` runs every part once with
+few steps, to check that the script runs (its ratios are not measurements).
 """
 import argparse
 import copy
@@ -115,6 +126,111 @@ def fastai_runs(args):
         for _, t in learns.values(): t.times = []
 
 
+def _retina_batch(args):
+    "Two weld-sized images with one box each, at `--retina-size` (the model resizes to it)."
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.rand(3, args.retina_size, int(args.retina_size * 1.6), generator=g) for _ in range(2)]
+    tgts = [{"boxes": torch.tensor([[20., 10., 90., 40.]]), "labels": torch.tensor([1])} for _ in imgs]
+    return imgs, tgts
+
+
+def _side_models(args):
+    "name -> (model factory, batch, loss(model, batch))"
+    out = {}
+    if "cnn" in args.models:
+        x, y = torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))
+        out["small CNN"] = (small_cnn, (x, y), lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
+    if "retinanet" in args.models:
+        from torchvision.models.detection import retinanet_resnet50_fpn
+        make = lambda: retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=4,
+                                              min_size=args.retina_size, max_size=2 * args.retina_size)
+        out["RetinaNet ResNet-50 FPN"] = (make, _retina_batch(args), lambda m, b: sum(m(*b).values()))
+    return out
+
+
+class _FastaiHooks:
+    "fastai's `ActivationStats(with_hist=True).hook` on the modules its callback would pick, records kept per batch."
+    def __init__(self, model):
+        from fastai.callback.hook import ActivationStats as FastaiActivationStats, Hooks as FastaiHooks, has_params
+        from fastai.layers import flatten_model
+        self.cb, self.stats = FastaiActivationStats(with_hist=True), []
+        self.hooks = FastaiHooks([m for m in flatten_model(model) if has_params(m)], self.cb.hook, detach=True)
+    def after_step(self, loss): self.stats.append(self.hooks.stored)
+    def stop(self): self.hooks.remove()
+
+
+class _Wandb:
+    "W&B `watch(log='all', log_freq=1)` in offline mode; `wandb.log` once per step commits its histograms."
+    def __init__(self, model, tmp):
+        import wandb
+        self.wandb, self.run = wandb, wandb.init(mode="offline", dir=tmp, project="weldiag-bench", reinit=True)
+        wandb.watch(model, log="all", log_freq=1)
+    def after_step(self, loss): self.wandb.log({"loss": float(loss)})
+    def stop(self): self.wandb.unwatch(); self.run.finish()
+
+
+class _Weldiag:
+    def __init__(self, model, opt, full):
+        self.stats = (ActivationStats(model, grads=True, optimizer=opt) if full else ActivationStats(model)).start()
+    def after_step(self, loss): pass
+    def stop(self): self.stats.stop()
+
+
+def side_by_side(args):
+    "Plain vs weldiag (activations; + gradients + update ratios) vs fastai vs W&B, per model, interleaved."
+    import os, tempfile
+    os.environ.setdefault("WANDB_MODE", "offline"); os.environ.setdefault("WANDB_SILENT", "true")
+    try: import wandb  # noqa: F401
+    except ImportError: wandb = None
+    for model_name, (make, batch, loss_of) in _side_models(args).items():
+        torch.manual_seed(0)
+        base = make().train()
+        runs, tools = {}, {}
+        tmp = tempfile.mkdtemp(prefix="weldiag-bench-")
+        names = ["plain", "weldiag activations", "weldiag acts + grads + update ratios", "fastai ActivationStats(with_hist=True)"]
+        if wandb is not None: names.append("W&B watch(log='all', log_freq=1)")
+        else: print("  (wandb not installed: W&B skipped)")
+        for k in names:
+            m = copy.deepcopy(base).train()
+            opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+            runs[k] = (m, opt)
+            if k.startswith("weldiag"): tools[k] = _Weldiag(m, opt, full="grads" in k)
+            elif k.startswith("fastai"): tools[k] = _FastaiHooks(m)
+            elif k.startswith("W&B"):
+                try: tools[k] = _Wandb(m, tmp)
+                except Exception as e:                               # report, keep measuring the others
+                    print(f"  W&B watch failed on {model_name}: {type(e).__name__}: {e}"); del runs[k]
+
+        def step(k):
+            m, opt = runs[k]
+            t0 = CLOCK()
+            loss = loss_of(m, batch)
+            opt.zero_grad(); loss.backward(); opt.step()
+            if k in tools: tools[k].after_step(loss)
+            return CLOCK() - t0
+
+        failed = set()
+        for k in list(runs):                                   # warm-up (and a check that each tool survives a step)
+            try: step(k); step(k)
+            except Exception as e:
+                print(f"  {k} failed on {model_name}: {type(e).__name__}: {e}"); failed.add(k)
+        for k in failed: runs.pop(k); tools.pop(k).stop() if k in tools else None
+        order = list(runs) + list(runs)[::-1]
+        rounds = args.retina_rounds if model_name.startswith("RetinaNet") else args.rounds
+        print(f"{model_name}: {len(order)} interleaved turns x {rounds} rounds, bursts of {args.burst}", flush=True)
+        for r in range(args.repeats):
+            times = {k: [] for k in runs}
+            for _ in range(rounds):
+                for k in order:
+                    for i in range(args.burst):
+                        t = step(k)
+                        if i or args.burst == 1: times[k].append(t)
+            base_t = st.median(times["plain"])
+            print(f"  repeat {r}: plain {1e3 * base_t:.1f} ms/step; " +
+                  ", ".join(f"{k} {st.median(v) / base_t:.3f}x" for k, v in times.items() if k != "plain"), flush=True)
+        for t in tools.values(): t.stop()
+
+
 def memory(args):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -141,16 +257,27 @@ if __name__ == "__main__":
     p.add_argument("--fastai-batches", type=int, default=5, help="training batches per fastai fit")
     p.add_argument("--memory", action="store_true", help="also measure memory for 2k vs 100k steps")
     p.add_argument("--skip-fastai", action="store_true")
+    p.add_argument("--skip-side", action="store_true", help="skip the side-by-side comparison (small CNN, RetinaNet)")
+    p.add_argument("--models", default="cnn,retinanet", help="side by side: comma-separated cnn, retinanet")
+    p.add_argument("--retina-size", type=int, default=256, help="RetinaNet input short side (two 1.6:1 weld-like images)")
+    p.add_argument("--retina-rounds", type=int, default=3, help="interleaved rounds per repeat for RetinaNet")
+    p.add_argument("--quick", action="store_true", help="everything once, few steps: checks that it runs, measures nothing")
     p.add_argument("--clock", choices=["wall", "process"], default="wall",
                    help="wall: time.perf_counter; process: CPU time of this process (less sensitive to a shared machine)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = p.parse_args()
+    if args.quick:
+        args.rounds, args.repeats, args.retina_rounds, args.fastai_batches, args.retina_size = 2, 1, 1, 2, 128
+        args.batch, args.size = 8, 32
     if args.clock == "process": CLOCK = time.process_time
     if args.threads: torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, batch {args.batch}, {args.size} px, "
           "4-block conv+BN+ReLU CNN; ratios = median step time / plain median step time (mean / mean in brackets: includes flushes and batched histograms)")
     print(f"plain loop (A/B/C/C/B/A interleaved, bursts of {args.burst} steps, first of each not timed):")
     plain_loop(args)
+    if not args.skip_side:
+        print("side by side (issue 16): plain / weldiag / fastai hooks / W&B, same batches, interleaved:")
+        side_by_side(args)
     if not args.skip_fastai:
         print("fastai Learner (one-epoch fits interleaved, training batches timed):")
         fastai_runs(args)

@@ -1,9 +1,13 @@
 /* weldiag._cstats: the CPU fast path of weldiag.activations (see nbs/02_activations.ipynb, "A fused CPU pass").
 
    One call per recorded float32 CPU tensor and step writes a whole (float64) buffer row in place:
-     [Σa, Σa², min, max, NaN count, Inf count, near-zero count, fastai near-zero count, histogram (bins + 2)]
+     [Σa, Σa², min, max, NaN count, Inf count, histogram range, near-zero count, fastai near-zero count,
+      histogram (bins + 2)]
    - whole tensor, one pass: Σa and Σa² (float lanes within blocks of 1024 elements, blocks added in double),
      min / max (NaN if the tensor holds a NaN, as torch.amin / amax), exact NaN and ±Inf counts;
+   - the histogram range: the stream's range (a float32 the caller owns), with `grow` doubled in place until it holds
+     max(|min|, |max|) is inside it (the smallest power of two > it, exactly, from frexpf; 1 for a first step with no finite non-zero
+     value; a NaN or ±Inf never grows it), as the torch path's _grow_ranges;
    - every k-th element, m of them (the documented strided sample): the two near-zero counts and the histogram,
      binned exactly like the torch path: idx = clamp(floor((v - lo) * scale), -1, bins) + 1, NaN dropped.
    Nothing is allocated; the GIL is released while it runs. The torch path (any device, dtype or layout) stays the
@@ -50,10 +54,21 @@ static void whole(const float *x, int64_t n, double *row) {
     row[4] = (double)nnan; row[5] = (double)ninf;
 }
 
+static float grow_range(float range, float mn, float mx) {
+    float m = fmaxf(fabsf(mn), fabsf(mx));           /* NaN if the tensor holds a NaN */
+    if (isfinite(m) && m >= range) {
+        int e;
+        frexpf(m, &e);                                /* m = mant * 2^e, 0.5 <= mant < 1: m < 2^e */
+        float p = ldexpf(1.0f, e);
+        if (isfinite(p)) range = p;
+    }
+    return range > 0 ? range : 1.0f;
+}
+
 static void sample(const float *x, int64_t k, int64_t m, float range, int bins, int sgn, float near_zero,
                    double *row) {
     float lo = sgn ? -range : 0.0f, scale = (float)bins / (range - lo);
-    double *hist = row + 8;
+    double *hist = row + 9;
     int64_t nz = 0, nzf = 0;
     for (int i = 0; i < bins + 2; i++) hist[i] = 0;
     for (int64_t j = 0; j < m; j++) {
@@ -65,33 +80,35 @@ static void sample(const float *x, int64_t k, int64_t m, float range, int bins, 
         u = u < -1.0f ? -1.0f : (u > (float)bins ? (float)bins : u);
         hist[(int)u + 1] += 1.0;
     }
-    row[6] = (double)nz; row[7] = (double)nzf;
+    row[6] = (double)range; row[7] = (double)nz; row[8] = (double)nzf;
 }
 
 static PyObject *row(PyObject *self, PyObject *args) {
     unsigned long long px, prange, pout;
     long long n, k, m;
-    int bins, sgn;
+    int bins, sgn, grow;
     float near_zero;
-    if (!PyArg_ParseTuple(args, "KLLLKipfK", &px, &n, &k, &m, &prange, &bins, &sgn, &near_zero, &pout)) return NULL;
+    if (!PyArg_ParseTuple(args, "KLLLKipfpK", &px, &n, &k, &m, &prange, &bins, &sgn, &near_zero, &grow, &pout))
+        return NULL;
     if (n <= 0 || k <= 0 || m <= 0 || (m - 1) * k >= n || bins <= 0) {
         PyErr_SetString(PyExc_ValueError, "_cstats.row: inconsistent sizes");
         return NULL;
     }
     const float *x = (const float *)(uintptr_t)px;
     double *out = (double *)(uintptr_t)pout;
-    float range = *(const float *)(uintptr_t)prange;
+    float *range = (float *)(uintptr_t)prange;
     Py_BEGIN_ALLOW_THREADS
     whole(x, n, out);
-    sample(x, k, m, range, bins, sgn, near_zero, out);
+    if (grow) *range = grow_range(*range, (float)out[2], (float)out[3]);
+    sample(x, k, m, *range, bins, sgn, near_zero, out);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"row", row, METH_VARARGS,
-     "row(x_ptr, n, k, m, range_ptr, bins, signed, near_zero, out_ptr): one ActivationStats float64 buffer row of "
-     "a contiguous float32 CPU tensor, written in place."},
+     "row(x_ptr, n, k, m, range_ptr, bins, signed, near_zero, grow, out_ptr): one ActivationStats float64 buffer row "
+     "of a contiguous float32 CPU tensor, written in place (with grow, the float32 range at range_ptr too)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cstats", "The CPU fast path of weldiag.activations.", -1,

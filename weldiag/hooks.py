@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['Walked', 'walk_outputs', 'select_modules', 'Hooks']
+__all__ = ['Walked', 'walk_outputs', 'select_modules', 'Hooks', 'grad_hook', 'OptimizerHooks']
 
 # %% ../nbs/00_hooks.ipynb #d18c8689
 class Walked(list):
@@ -106,14 +106,14 @@ def select_modules(
 
 # %% ../nbs/00_hooks.ipynb #16db4c83
 _REGISTER = {"forward": "register_forward_hook", "forward_pre": "register_forward_pre_hook",
-             "backward": "register_full_backward_hook"}
+             "backward": "register_full_backward_hook", "output_grad": "register_forward_hook"}
 
 class Hooks:
     "Register `fn(name, module, inp, out)` on many modules; a context manager that always removes the hooks."
     def __init__(self,
         target:nn.Module | Iterable[tuple[str, nn.Module]], # a model (modules picked by `select_modules`) or `(name, module)` pairs
         fn:Callable,                # called as `fn(name, module, inp, out)` on every call; return value ignored
-        kind:str="forward",         # "forward", "forward_pre" or "backward"
+        kind:str="forward",         # "forward", "forward_pre", "backward" or "output_grad"
         modules:Any=None,           # passed to `select_modules` when `target` is a model
     ):
         if kind not in _REGISTER: raise ValueError(f"Hooks: kind={kind!r}, expected one of {list(_REGISTER)}")
@@ -128,6 +128,10 @@ class Hooks:
         fn, kind = self.fn, self.kind
         if kind == "forward_pre":
             def hook(m, inp): fn(name, m, inp, None)
+        elif kind == "output_grad":       # on each call, a gradient hook on every output tensor that requires grad
+            def hook(m, inp, out):
+                for tname, t in walk_outputs(out, name):
+                    if t.requires_grad: grad_hook(t, lambda g, tname=tname: fn(tname, m, None, g))
         else:
             def hook(m, inp, out): fn(name, m, inp, out)
         return hook
@@ -144,3 +148,32 @@ class Hooks:
     def __del__(self):
         if getattr(self, "handles", None): self.remove()
     def __repr__(self): return f"Hooks({self.kind}, {len(self)} modules, {'active' if self.handles else 'removed'})"
+
+# %% ../nbs/00_hooks.ipynb #0c9066fb
+def grad_hook(
+    t:torch.Tensor,           # a tensor of the autograd graph (requires grad)
+    fn:Callable,              # called as `fn(grad)` once the gradient w.r.t. `t` is computed; return value ignored
+):                            # the handle (`.remove()`); the hook also goes when the graph is freed
+    "Observe the gradient w.r.t. one tensor (a module output): it fires even if `t` is later modified in place."
+    def hook(g): fn(g)          # returns None: the gradient is never replaced
+    return t.register_hook(hook)
+
+# %% ../nbs/00_hooks.ipynb #f2ec311d
+class OptimizerHooks:
+    "Call `pre()` before and `post()` after every `optimizer.step()`; a context manager that always removes both."
+    def __init__(self,
+        optimizer:torch.optim.Optimizer,  # any torch optimizer (step pre / post hooks, torch >= 2.0)
+        pre:Callable,               # called as `pre()` right before each step
+        post:Callable,              # called as `post()` right after each step
+    ):
+        if not hasattr(optimizer, "register_step_pre_hook"):
+            raise TypeError(f"OptimizerHooks: {type(optimizer).__name__} is not a torch.optim.Optimizer (no step hooks)")
+        self.handles = [optimizer.register_step_pre_hook(lambda opt, args, kwargs: pre()),
+                        optimizer.register_step_post_hook(lambda opt, args, kwargs: post())]
+    def remove(self):
+        "Remove both hooks (safe to call twice)."
+        for h in self.handles: h.remove()
+        self.handles = []
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.remove()
+    def __repr__(self): return f"OptimizerHooks({'active' if self.handles else 'removed'})"
