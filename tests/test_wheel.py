@@ -42,6 +42,7 @@ def test_wheel_contains_sample(wheel):
     assert "weldiag/sample/lohi-weld/SOURCE.md" in names and "weldiag/sample/lohi-weld/data.yaml" in names
     assert sum(n.startswith("weldiag/sample/lohi-weld/images/") and n.endswith(".jpg") for n in names) == 100
     assert sum(n.startswith("weldiag/sample/lohi-weld/labels/") and n.endswith(".txt") for n in names) == 100
+    for f in ("detector.pt", "detector.json", "SOURCE.md"): assert f"weldiag/sample/detector/{f}" in names, f   # the trained demo detector
     if shutil.which("cc") or shutil.which("gcc"):     # the C fast path of weldiag.activations is compiled into the wheel
         assert any(n.startswith("weldiag/_cstats") and n.endswith((".so", ".pyd")) for n in names), names
 
@@ -64,6 +65,8 @@ def test_installed_wheel_loads_sample_offline(wheel, tmp_path):
         assert Path(weldiag.__file__).resolve().is_relative_to(Path({str(env_dir)!r}).resolve()), weldiag.__file__
         assert (sample_path() / "SOURCE.md").exists()
         a, t, v = weld_sample("all"), weld_sample("train"), weld_sample("val")
+        from weldiag.models import sample_detector
+        assert sample_detector().head.classification_head.num_classes == 4   # the shipped weights load from the wheel
         import weldiag.activations as A
         assert A._cstats is None or Path(A._cstats.__file__).resolve().is_relative_to(Path({str(env_dir)!r}).resolve())
         print(len(a), a.n_boxes, len(t), t.n_boxes, len(v), v.n_boxes, ",".join(a.classes), weldiag.__file__)
