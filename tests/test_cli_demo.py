@@ -8,7 +8,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 # report section id -> the name the issue gives it
 SECTIONS = {"data": "data", "anchor-coverage": "coverage", "learning-rate": "lr-finder",
-            "training-and-activations": "activations", "probability-maps": "probability maps", "evaluation": "evaluation"}
+            "fine-tuning-and-activations": "activations", "probability-maps": "probability maps", "evaluation": "evaluation"}
 
 
 def weldiag(*args, timeout:float=600)->subprocess.CompletedProcess:
@@ -50,6 +50,12 @@ def test_demo_summary_and_files(demo):
     for key in ("data", "coverage", "lr_find", "training", "activations", "evaluation", "probability_maps", "timings_s"):
         assert key in s, f"summary.json has no {key!r}"
     assert s["data"]["train_images"] == 80 and s["data"]["val_images"] == 20
+    # the demo diagnoses the shipped detector: its val figures are the ones its detector.json quotes (same weights, data)
+    from weldiag.models import sample_detector_info
+    shipped = sample_detector_info()["val"]["coco"]
+    assert abs(s["evaluation"]["AP50"] - shipped["AP50"]) < 1e-9 and abs(s["evaluation"]["AP"] - shipped["AP"]) < 1e-9
+    assert s["evaluation"]["AP50"] >= 0.15 and len(s["training"]["AP50_before_after"]) == 2
+    assert "█" not in r.stdout and "\r" not in r.stdout, "progress bars in a pipe: one line per epoch, no redraws"
     assert 0 <= s["evaluation"]["AP"] <= 1 and 0 < s["coverage"]["recall@0.5"] <= 1
     for name in s["files"]["figures"]: assert (out / name).stat().st_size > 1000, name
     assert str((out / "report.html").resolve()) in r.stdout, r.stdout[-2000:]
@@ -63,7 +69,7 @@ def test_demo_report_renders_in_chromium(demo):
     shot = importlib.util.module_from_spec(spec); spec.loader.exec_module(shot)
     if not shot.CHROMIUM.exists(): pytest.skip(f"{shot.CHROMIUM} not found")
     out, _ = demo
-    info = shot.screenshot(out / "report.html", ROOT / "tests" / "artifacts" / "demo_report.png")
+    info = shot.screenshot(out / "report.html", ROOT / "tests" / "artifacts" / "demo_report.png", full=True)
     assert not shot.problems(info), shot.problems(info)
     assert info["images"] >= 15 and len(info["sections"]) == len(SECTIONS) + 1, info   # + the run description
 

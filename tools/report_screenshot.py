@@ -5,7 +5,7 @@
 
 Checks (exit 1 with one line each when any fails): every embedded image decodes (naturalWidth > 0), every navigation
 link points at a section of the page, no image is wider than the page, no console error. Saves the first screen
-(1280 px wide) to the given PNG path and the full page next to it as `<name>_full.jpg`.
+(1280 px wide) to the given PNG path, and with `--full` the whole page next to it as `<name>_full.jpg`.
 """
 import argparse, json, sys
 from pathlib import Path
@@ -26,7 +26,7 @@ CHECK = """() => {
 }"""
 
 
-def screenshot(html:Path, png:Path, width:int=1280)->dict:
+def screenshot(html:Path, png:Path, width:int=1280, full:bool=False)->dict:
     "Render `html` in headless Chromium; returns the page checks (and 'errors': console errors); writes the screenshots"
     from playwright.sync_api import sync_playwright
     errors = []
@@ -39,7 +39,7 @@ def screenshot(html:Path, png:Path, width:int=1280)->dict:
             info = page.evaluate(CHECK)
             png.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(png))
-            page.screenshot(path=str(png.with_name(png.stem + "_full.jpg")), full_page=True, type="jpeg", quality=70)
+            if full: page.screenshot(path=str(png.with_name(png.stem + "_full.jpg")), full_page=True, type="jpeg", quality=70)
         finally: b.close()
     return info | {"errors": errors}
 
@@ -58,10 +58,11 @@ def main(argv=None)->int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("html", type=Path); ap.add_argument("png", type=Path)
     ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--full", action="store_true", help="also save the whole page as <name>_full.jpg")
     a = ap.parse_args(argv)
     if not a.html.is_file(): print(f"{a.html}: no such file", file=sys.stderr); return 2
     if not CHROMIUM.exists(): print(f"{CHROMIUM} not found: apt-get install chromium", file=sys.stderr); return 2
-    info = screenshot(a.html, a.png, a.width)
+    info = screenshot(a.html, a.png, a.width, a.full)
     print(json.dumps(info))
     for line in problems(info): print(f"{a.html}: {line}", file=sys.stderr)
     return 1 if problems(info) else 0

@@ -24,7 +24,7 @@ def _coverage(a): return _call("anchors", "coverage_command", path=a.path, sampl
                                image_size=a.image_size, out=a.out, weights=a.weights, num_classes=a.num_classes,
                                min_size=a.min_size, max_size=a.max_size)
 def _demo(a): return _call("report", "demo_command", out=a.out, device=a.device, epochs=a.epochs,
-                           image_size=a.image_size, model=a.model, fast=a.fast)
+                           image_size=a.image_size, model=a.model, fast=a.fast, from_scratch=a.from_scratch)
 def _report(a): return _call("report", "report_command", data=a.data, out=a.out, device=a.device, epochs=a.epochs,
                              image_size=a.image_size, model=a.model, fast=a.fast, weights=a.weights,
                              num_classes=a.num_classes, min_size=a.min_size, max_size=a.max_size, split=a.split,
@@ -74,8 +74,10 @@ def build_parser()->argparse.ArgumentParser:
     _add_weights_args(c)
     c.add_argument("--out", default="weldiag-coverage", help="folder for the PNG plots")
     c.set_defaults(fn=_coverage)
-    m = sub.add_parser("demo", help="diagnose a small detector on the bundled weld sample, end to end")
+    m = sub.add_parser("demo", help="diagnose the trained sample detector on the bundled weld sample, end to end")
     _add_detector_args(m, ["retinanet", "ssdlite", "fcos"])
+    m.add_argument("--from-scratch", action="store_true", help="train a randomly initialised detector instead of "
+                   "diagnosing the trained sample RetinaNet (then --epochs / --image-size set its training)")
     m.set_defaults(fn=_demo)
     r = sub.add_parser("report", help="the demo's report for your own dataset")
     r.add_argument("--data", required=True, help="dataset folder or file (any format the readers accept)")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import to_device
+from .models import to_device, progress_bars
 from .detectors import as_detector
 
 BETA = 0.98  # smoothing of fastai's Recorder / AvgSmoothLoss
@@ -545,8 +545,8 @@ def _check_args(num_it, accumulation_steps, check_every, repeats, stop_div):
         raise ValueError(f"lr_find: stop_div={stop_div!r}; expected a factor > 1 (None or False: never stop on divergence)")
 
 def _progress(show:bool, repeats:int, n:int):
-    "(master bar or None, function repeat -> step bar) from fastprogress"
-    from fastprogress.fastprogress import master_bar, progress_bar
+    "(master bar or None, function repeat -> step bar): fastprogress's where output redraws, quiet ones in a file / log"
+    master_bar, progress_bar = progress_bars()
     if not show: return None, lambda: range(n)
     mb = master_bar(range(repeats)) if repeats > 1 else None
     return mb, lambda: progress_bar(range(n), parent=mb, leave=repeats == 1)

@@ -1064,7 +1064,8 @@ def predict(
     progress:bool=True,      # fastprogress bar
 )->tuple:                    # (preds, targets): per image dicts in original image pixels, labels 0..K-1
     "Run a detector over `dl` without gradients and return predictions and targets ready for `evaluate`"
-    from fastprogress.fastprogress import progress_bar
+    from weldiag.models import progress_bars
+    progress_bar = progress_bars()[1]   # fastprogress's where output redraws; nothing per batch in a file / CI log
     det = as_detector(model)   # the model's own postprocess, predictions in dataset labels 0..K-1
     off, recs = _target_offset(dl, label_offset), _records_in_order(dl)
     dev = torch.device(device) if device is not None else next(det.model.parameters()).device

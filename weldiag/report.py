@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 
 from .data import (DetectionDataset, DetectionTorchDataset, detection_collate, weld_sample, load_dataset,
                           dataset_stats, draw_boxes, show_image, add_class_legend)
-from .models import small_detector, train_detector
+from .models import small_detector, train_detector, sample_detector, sample_detector_info
 from .detectors import as_detector, load_detector, _ULTRALYTICS_SUFFIXES
 from .anchors import coverage, suggest_anchors
 from .lr_find import lr_find
@@ -25,10 +25,11 @@ from .metrics import evaluate, predict
 from .probmaps import class_prob_maps, feature_maps, plot_class_maps, plot_level_grid, roi_class_scores
 
 # %% auto #0
-__all__ = ['JPEG_QUALITY', 'MODELS', 'SPLITS', 'LR_RANGE', 'WORST_KINDS', 'SCALE_NOTE', 'SCORE_THRESH', 'STEPS', 'TRAINING_STEPS',
-           'fig_to_png', 'fig_to_jpeg', 'Section', 'HTMLReport', 'DemoConfig', 'resolve_device', 'split_dataset',
-           'load_splits', 'Run', 'data_step', 'coverage_step', 'lr_step', 'train_step', 'eval_step', 'maps_step',
-           'diagnose', 'demo_command', 'report_command']
+__all__ = ['JPEG_QUALITY', 'MODELS', 'SPLITS', 'LR_RANGE', 'FINETUNE_LR_RANGE', 'WORST_KINDS', 'SCALE_NOTE', 'SCORE_THRESH',
+           'STEPS', 'TRAINED_STEPS', 'TRAINING_STEPS', 'fig_to_png', 'fig_to_jpeg', 'Section', 'HTMLReport',
+           'DemoConfig', 'resolve_device', 'split_dataset', 'load_splits', 'Run', 'data_step', 'coverage_step',
+           'lr_step', 'train_step', 'finetune_step', 'eval_step', 'maps_step', 'diagnose', 'demo_command',
+           'report_command']
 
 # %% ../nbs/08_report.ipynb #bc7a7d25
 _CSS = """
@@ -214,17 +215,22 @@ class DemoConfig:
     n_maps:int = 3                 # validation images for probability / feature maps
     fast:bool = False              # the smoke-test settings
     seed:int = 0
+    trained:bool = False           # diagnose the trained sample detector, then fine-tune a copy (`epochs` of fine-tuning)
 
     @classmethod
-    def make(cls, model:str="retinanet", epochs:int=None, image_size:int=None, fast:bool=False)->DemoConfig:
-        "The CLI's defaults, with `--fast` for a run under a minute on a CPU"
+    def make(cls, model:str="retinanet", epochs:int=None, image_size:int=None, fast:bool=False,
+             trained:bool=False)->DemoConfig:
+        "The CLI's defaults, with `--fast` for a run under a minute on a CPU; `trained`: the shipped sample detector"
         if model not in MODELS: raise ValueError(f"--model {model!r}: expected one of {', '.join(MODELS)}")
         if epochs is not None and epochs < 1: raise ValueError(f"--epochs {epochs}: need at least 1")
         if image_size is not None and not 32 <= image_size <= 2048: raise ValueError(f"--image-size {image_size}: expected 32..2048")
+        if trained and image_size is not None: raise ValueError("--image-size: the trained sample detector has its own input size; add --from-scratch to choose one")
         d = dict(epochs=1, image_size=128, lr_iters=8, max_steps=6, n_maps=1) if fast else {}
+        if trained:    # the shipped detector's input size; a short fine-tune of a copy
+            d |= dict(image_size=sample_detector_info()["cfg"]["min_size"], epochs=1 if fast else 2)
         if epochs is not None: d["epochs"] = epochs
         if image_size is not None: d["image_size"] = image_size
-        return cls(model=model, fast=fast, **d)
+        return cls(model=model, fast=fast, trained=trained, **d)
 
 def resolve_device(device:str="auto")->torch.device:
     "`auto` -> CUDA when available else CPU; `cuda` / `cuda:N` only when CUDA is there; else a one-line ValueError"
@@ -288,6 +294,9 @@ class Run:
     lr:float = 1e-3                # learning rate the training step uses (set by the lr-finder step)
     history:list = field(default_factory=list)
     given:str = None               # what the user's own model is (None: weldiag's small detector, built here)
+
+    @property
+    def lr_range(self)->tuple: return FINETUNE_LR_RANGE if self.cfg.trained else LR_RANGE
 
     @property
     def classes(self)->list: return self.train.classes
@@ -388,6 +397,7 @@ def _suggest_anchors(run:Run):
 
 # %% ../nbs/08_report.ipynb #83403bb0
 LR_RANGE = (1e-3, 5e-3)   # the demo trains with the lr-finder's valley clipped to this range (AdamW, small detectors, few steps)
+FINETUNE_LR_RANGE = (1e-4, 1e-3)   # ... and fine-tunes the trained sample detector within this one
 
 def lr_step(run:Run):
     "LR range test (model and optimizer restored afterwards); the valley suggestion becomes the training lr"
@@ -397,16 +407,17 @@ def lr_step(run:Run):
                 "still falls steeply, well before it turns up.")
     res = lr_find(run.model, run.loader(run.train, shuffle=True), start_lr=1e-6, end_lr=1.0, num_it=run.cfg.lr_iters,
                   device=run.device, seed=run.cfg.seed)
-    valley = float(res.suggestions.get("valley", float("nan")))
-    run.lr = float(np.clip(valley, *LR_RANGE)) if np.isfinite(valley) else 1e-3
+    valley, lo_hi = float(res.suggestions.get("valley", float("nan"))), run.lr_range
+    run.lr = float(np.clip(valley, *lo_hi)) if np.isfinite(valley) else lo_hi[0]
     why = (f"valley suggestion {valley:.2e}" + (" clipped to" if run.lr != valley else " →") + f" {run.lr:.1e}"
-           if np.isfinite(valley) else "no valley on this short curve, default 1e-3")
+           if np.isfinite(valley) else f"no valley on this short curve, default {lo_hi[0]:g}")
     rep.cards({"training lr": run.lr, "steps": len(res.lrs), "stopped": res.stopped})
     rep.table(pd.DataFrame({"lr": pd.Series(res.suggestions)}), "fastai's four suggestion rules on this curve.", index=True)
     rep.figure(res.plot(), "lr_find", f"Loss against learning rate (log scale), raw and smoothed, with the suggestions. "
                f"Training uses the {why}: with only {run.cfg.lr_iters} steps the curve is noisy and the rules can "
-               f"point far too low, so the demo keeps the rate within {LR_RANGE[0]:g}..{LR_RANGE[1]:g}, where these small "
-               f"detectors train with AdamW. On a GPU, run 100 steps or more and trust the curve more.")
+               f"point far too low, so the demo keeps the rate within {lo_hi[0]:g}..{lo_hi[1]:g}, where these small "
+               f"detectors {'fine-tune' if run.cfg.trained else 'train'} with AdamW. On a GPU, run 100 steps or more and "
+               "trust the curve more.")
     run.summary["lr_find"] = {"suggestions": {k: float(v) for k, v in res.suggestions.items()}, "lr": run.lr,
                               "steps": int(len(res.lrs)), "stopped": res.stopped}
 
@@ -425,13 +436,14 @@ def _plot_losses(history:list):
 def train_step(run:Run):
     "Train for the configured epochs with ActivationStats recording every layer"
     rep, cfg = run.report, run.cfg
-    rep.section("Training and activations", "The detector trains with AdamW and a one-cycle schedule while weldiag "
+    rep.section("Fine-tuning and activations" if cfg.trained else "Training and activations", ("A copy of the trained "
+                "detector is fine-tuned" if cfg.trained else "The detector trains") + " with AdamW and a one-cycle schedule while weldiag "
                 "records, for every layer, the mean and standard deviation of its activations and how many are near "
                 "zero. Healthy layers keep a steady, non-vanishing spread; a layer whose activations collapse to zero "
                 "(dead) or grow without bound stops learning.")
     dl = run.loader(run.train, shuffle=True)
     torch.manual_seed(cfg.seed)
-    with ActivationStats(run.model) as stats:
+    with ActivationStats(run.model, grads=True) as stats:
         run.history = train_detector(run.model, dl, cfg.epochs, run.lr, run.device, cfg.max_steps)
     _activation_section(run, stats)
     rep.figure(_plot_losses(run.history), "losses", "Per-step losses. The classification loss should fall within the "
@@ -441,6 +453,16 @@ def train_step(run:Run):
               if isinstance(v, float)})
     run.summary["training"] = {"epochs": cfg.epochs, "steps": len(run.history), "lr": run.lr,
                                "last": {k: float(v) for k, v in last.items() if isinstance(v, (int, float))}}
+
+def finetune_step(run:Run):
+    "A copy of the trained detector fine-tuned for a few epochs with ActivationStats; its val AP50 before and after"
+    before = run.summary.get("evaluation", {}).get("AP50")
+    run.model = copy.deepcopy(run.model)          # the shipped detector (evaluated above) stays as it is
+    train_step(run)
+    preds, targets = predict(run.model, run.loader(run.valid), device=run.device, progress=False)
+    after = float(evaluate(preds, targets, classes=run.classes).summary()["AP50"])
+    run.report.cards({"val AP50 before fine-tuning": before, "after": after})
+    run.summary["training"]["AP50_before_after"] = [before, after]
 
 def _activation_section(run:Run, stats):
     "Plots and table of a finished ActivationStats recording"
@@ -453,6 +475,14 @@ def _activation_section(run:Run, stats):
                "means the layer outputs (near) zero; mass escaping the top means exploding activations.")
     rep.figure(stats.dead_chart(), "activation_dead", "Share of near-zero activations per layer and step. A layer "
                "stuck near 1.0 is dead: try a different init, a lower learning rate, or a non-saturating activation.")
+    rep.figure(stats.plot_grad_flow(figsize=(13, 5.5)), "gradient_flow", "Gradient flow: the RMS of the gradient with respect to each "
+               "layer's output, per step (log colour), recorded on the device like the activations. Layers whose "
+               "gradient stays orders of magnitude below the rest learn little; a sudden jump to the top of the scale "
+               "is where a run starts to diverge.", photo=True)
+    nf = stats.first_nonfinite()
+    if nf is not None: rep.note(f"**First NaN / Inf:** {nf}. Everything downstream of it is poisoned from that step "
+                                "on: look at that layer's inputs, the learning rate at that step, and the loss.", "warn")
+    run.summary["first_nonfinite"] = None if nf is None else nf.to_dict()
     f = stats.to_frame()
     last = f.groupby("layer", sort=False).last()[["mean", "std", "near_zero"]]
     dead = last[last.near_zero > 0.9]
@@ -479,7 +509,7 @@ def eval_step(run:Run):
     ev = evaluate(preds, targets, classes=run.classes)
     s = ev.summary()
     rep.cards({k: float(s[k]) for k in ("AP", "AP50", "AP75") if k in s} | {"detections": n_det})
-    if ev.map < 0.05: rep.note(f"mAP {ev.map:.3f}: a randomly initialised detector after {len(run.history)} CPU training "
+    if ev.map < 0.05 and not run.cfg.trained: rep.note(f"mAP {ev.map:.3f}: a randomly initialised detector after {len(run.history)} CPU training "
                                "steps finds little yet. The plots below still show where it stands; train longer "
                                "(more epochs, on a GPU) before judging the anchors or the data.", "warn")
     rep.table(s.to_frame("value").T if isinstance(s, pd.Series) else s, "The COCO summary numbers.", index=False)
@@ -506,7 +536,7 @@ def _worst_images(run:Run, ev, thr:float, how:str):
     rep, t = run.report, ev.error_table(thr)
     names = [r.path.name for r in run.valid]
     t.insert(1, "file", [names[i] for i in t.image])
-    if rep.out is not None: t.to_csv(rep.out / "errors.csv", index=False)
+    if rep.out is not None: t.to_csv(rep.out / "errors.csv", index=False, float_format="%.5g")
     per = ev.errors().per_image(thr)
     per.insert(0, "file", names)
     rep.heading("What to look at first")
@@ -595,7 +625,10 @@ SCORE_THRESH = {"retinanet": {"score_thresh": 0.01}, "fcos": {"score_thresh": 0.
 
 STEPS = (("data", data_step), ("anchor coverage", coverage_step), ("lr finder", lr_step),
          ("training + activations", train_step), ("evaluation", eval_step), ("probability maps", maps_step))
-TRAINING_STEPS = ("lr finder", "training + activations")
+# the trained sample detector: diagnosed as shipped first, then a copy fine-tuned (so lr-finder and activations show too)
+TRAINED_STEPS = (("data", data_step), ("anchor coverage", coverage_step), ("evaluation", eval_step),
+                 ("probability maps", maps_step), ("lr finder", lr_step), ("fine-tuning + activations", finetune_step))
+TRAINING_STEPS = ("lr finder", "training + activations", "fine-tuning + activations")
 
 def _header(rep:HTMLReport, run:Run, how:str):
     c = run.cfg
@@ -610,6 +643,18 @@ def _header(rep:HTMLReport, run:Run, how:str):
                  if c.epochs else "diagnosed as it is: nothing is trained (lr-finder and activation statistics need --epochs)")
         rep.section("Run", f"Model **{c.model}**: {run.given}, {n_par}, on **{run.device}**; images {size}; {train}. "
                     f"Data: {how}.")
+        return
+    if c.trained:
+        info = sample_detector_info()
+        rep.section("Run", f"Model **{c.model}**: the trained sample detector that ships with weldiag ({n_par}, trained "
+                    f"{info.get('steps', 0):,} steps on the sample's train split, seed {info.get('seed', '?')}; "
+                    "`weldiag/sample/detector/SOURCE.md` says how) on "
+                    f"**{run.device}**, images resized to a short side of {c.image_size} px. Its coverage, evaluation and "
+                    f"probability maps come first; then a copy is fine-tuned for {c.epochs} epoch(s)"
+                    + (f" capped at {c.max_steps} steps" if c.max_steps else "") + ", so the lr-finder and the activation "
+                    f"statistics show training at work (the shipped weights are not changed). Data: {how}. "
+                    "`weldiag demo --from-scratch` trains a new detector instead."
+                    + (" This is a `--fast` smoke run." if c.fast else ""))
         return
     rep.section("Run", f"Model **{c.model}** (torchvision, randomly initialised, tiny backbone, {n_par}) on "
                 f"**{run.device}**, images resized to a short side of {c.image_size} px, {c.epochs} epoch(s)"
@@ -657,6 +702,10 @@ def diagnose(
     if given:
         home = next(as_detector(model).model.parameters()).device
         model = _own_model(model, train.classes, dev, cfg.epochs)
+    elif cfg.trained:
+        if data is not None: raise ValueError("the trained sample detector knows the weld sample's classes only: "
+                                              "diagnose your data with a model of your own (--weights) or from scratch")
+        model = sample_detector(device=dev)
     else:
         model = small_detector(cfg.model, len(train.classes), min_size=cfg.image_size, max_size=max(800, 5 * cfg.image_size),
                                **SCORE_THRESH.get(cfg.model, {})).to(dev)
@@ -669,7 +718,7 @@ def diagnose(
                                                            "evaluated_split": split, "model": desc or "small " + cfg.model},
               given=desc)
     _header(rep, run, how)
-    steps = [s for s in STEPS if not (given and cfg.epochs == 0 and s[0] in TRAINING_STEPS)]
+    steps = [s for s in (TRAINED_STEPS if cfg.trained else STEPS) if not (given and cfg.epochs == 0 and s[0] in TRAINING_STEPS)]
     t_all, timings = time.perf_counter(), {}
     try:
         for i, (label, step) in enumerate(steps, 1):
@@ -715,8 +764,8 @@ def _print_done(s:dict, what:str, out, t:float):
     print(f"report:  {out / 'report.html'}\nsummary: {out / 'summary.json'}\nfigures: {out} ({len(s['files']['figures'])} PNG / JPEG files)")
     return 0
 
-def _command(data, out, device, epochs, image_size, model, fast, split="val", strict=False)->int:
-    cfg = DemoConfig.make(model, epochs, image_size, fast)
+def _command(data, out, device, epochs, image_size, model, fast, split="val", strict=False, trained=False)->int:
+    cfg = DemoConfig.make(model, epochs, image_size, fast, trained)
     resolve_device(device)                       # fail fast, before any work
     t = time.perf_counter()
     return _print_done(diagnose(out, data, cfg, device, split=split, strict=strict), cfg.model, out, t)
@@ -724,13 +773,17 @@ def _command(data, out, device, epochs, image_size, model, fast, split="val", st
 def demo_command(
     out="weldiag-report",     # folder for report.html, summary.json and the PNGs
     device:str="auto",        # auto (CUDA when present), cpu, cuda, cuda:N
-    epochs:int=None,          # training epochs (default 3; 1 with fast)
-    image_size:int=None,      # short side images are resized to (default 192; 128 with fast)
-    model:str="retinanet",    # retinanet, ssdlite or fcos
+    epochs:int=None,          # fine-tuning epochs of the trained detector (default 2; 1 with fast); from scratch: training epochs (default 3)
+    image_size:int=None,      # from scratch: short side images are resized to (default 192; 128 with fast)
+    model:str="retinanet",    # retinanet (the trained sample detector unless from_scratch), ssdlite or fcos (from scratch)
     fast:bool=False,          # smoke-test settings: under a minute on a CPU
+    from_scratch:bool=False,  # train a randomly initialised detector instead of diagnosing the trained one
 )->int:
-    "CLI `weldiag demo`: diagnose a small detector on the bundled weld sample; returns the exit code"
-    return _command(None, out, device, epochs, image_size, model, fast)
+    "CLI `weldiag demo`: diagnose the trained sample detector (or one trained here from scratch) on the weld sample"
+    if model != "retinanet" and not from_scratch: print(f"weldiag demo: the trained sample detector is a RetinaNet; "
+                                                        f"training a {model} from scratch")
+    trained = model == "retinanet" and not from_scratch
+    return _command(None, out, device, epochs, image_size, model, fast, trained=trained)
 
 def report_command(
     data,                     # dataset folder or annotation file (YOLO, VOC, COCO, labelme)
