@@ -1,10 +1,11 @@
 """weldiag.metrics.error_breakdown against tidecv, run in the same process on the same boxes.
 
-Counts must be equal and dmAP of all six types equal to 1e-9, with one change to tidecv made here (test code only):
-`coco_recall_grid` makes tidecv read its 101 recall points as pycocotools does (`np.linspace`; tidecv uses `k / 100`,
-which differs in the last bit at 10 points, so a recall of exactly 0.35 counts for tidecv and not for pycocotools,
-whose AP weldiag reproduces). Without it the values still agree to ~1e-6 (on NEU-DET, whose classes have GT counts
-where such recalls occur) and to 1e-9 on the weld sample for the five false-positive types. Perturbed NEU-DET (all 1,800 images, skipped when
+Counts must be equal and dmAP of all six types equal to 1e-9, against plain tidecv with
+`error_breakdown(recall_points="tidecv")` (tidecv reads its 101 recall points as `k / 100`, pycocotools as
+`np.linspace`, which differs in the last bit at 10 points: a recall of exactly 0.35 counts for tidecv and not for
+pycocotools), and against tidecv made to read pycocotools' recall points (`coco_recall_grid`, test code only) with the
+default `recall_points="pycocotools"`, whose base mAP is the report's AP. Across the grids the values agree to ~1e-6 (on
+NEU-DET, whose classes have GT counts where such recalls occur). Perturbed NEU-DET (all 1,800 images, skipped when
 ../shared is absent), the weld sample, and random cases built by test_metrics_coco's `image` strategy."""
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,9 +31,9 @@ def tidecv_breakdown(preds, targets, classes)->pd.DataFrame:
                          "dmAP": {e.short_name: v / 100 for e, v in run.fix_main_errors().items()}})
 
 
-def compare(preds, targets, classes, types=tuple(ERROR_SHORT.values()), atol=1e-9):
+def compare(preds, targets, classes, types=tuple(ERROR_SHORT.values()), atol=1e-9, recall_points="pycocotools"):
     "Counts equal and dmAP of `types` within `atol`; returns both breakdowns"
-    ours = evaluate(preds, targets, classes=classes).errors().to_frame().rename(index=ERROR_SHORT)
+    ours = evaluate(preds, targets, classes=classes).errors(recall_points=recall_points).to_frame().rename(index=ERROR_SHORT)
     ref = tidecv_breakdown(preds, targets, classes)
     assert ours["count"].tolist() == ref.loc[ours.index, "count"].tolist()
     np.testing.assert_allclose(ours.dmAP[list(types)], ref.dmAP[list(types)], rtol=0, atol=atol)
@@ -78,9 +79,11 @@ def test_neu_det_equals_tidecv(seed):
     targets, dropped = without_duplicate_gts(as_targets(ds))
     assert dropped == 3
     preds = imperfect_preds(ds, seed)
-    ours, _ = compare(preds, targets, ds.classes, atol=1e-4)     # plain tidecv: only recall-grid hits (~1e-6) differ
+    ours, _ = compare(preds, targets, ds.classes, recall_points="tidecv")   # plain tidecv, its recall grid: 1e-9
     assert (ours["count"] > 0).sum() >= 4 and ours.dmAP.drop("Miss").max() > 0.01   # a real test: errors of many types
-    with coco_recall_grid(): compare(preds, targets, ds.classes)
+    with coco_recall_grid(): compare(preds, targets, ds.classes)                  # pycocotools' grid on both sides
+    coco, _ = compare(preds, targets, ds.classes, atol=1e-4)     # plain tidecv vs pycocotools' grid: only grid hits differ
+    assert (coco.dmAP - ours.dmAP).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -89,6 +92,7 @@ def test_weld_equals_tidecv(seed):
     val = weld_sample("val")
     preds, targets = imperfect_preds(val, seed), as_targets(val)
     compare(preds, targets, val.classes, ("Cls", "Loc", "Both", "Dupe", "Bkg"))
+    compare(preds, targets, val.classes, recall_points="tidecv")                  # all six, plain tidecv
     with coco_recall_grid(): compare(preds, targets, val.classes)
 
 

@@ -16,11 +16,11 @@ from .data import show_image, draw_boxes, _class_patches, _to_numpy_image
 from .detectors import as_detector
 
 # %% auto #0
-__all__ = ['MODES', 'COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'ERROR_TYPES', 'ERROR_SHORT', 'WORST', 'imperfect_preds', 'Boxes',
-           'flatten_boxes', 'coco_iou', 'coco_match', 'coco_accumulate', 'coco_summarize', 'voc_iou', 'voc_match',
-           'voc_ap', 'EvalReport', 'evaluate', 'to_coco', 'to_tidecv', 'pr_curve', 'plot_pr', 'ThresholdSweep',
-           'threshold_sweep', 'Confusion', 'confusion', 'ErrorBreakdown', 'error_breakdown', 'plot_worst', 'predict',
-           'detection_metric']
+__all__ = ['MODES', 'COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'ERROR_TYPES', 'ERROR_SHORT', 'RECALL_POINTS', 'WORST',
+           'imperfect_preds', 'Boxes', 'flatten_boxes', 'coco_iou', 'coco_match', 'coco_accumulate', 'coco_summarize',
+           'voc_iou', 'voc_match', 'voc_ap', 'EvalReport', 'evaluate', 'to_coco', 'to_tidecv', 'pr_curve', 'plot_pr',
+           'ThresholdSweep', 'threshold_sweep', 'Confusion', 'confusion', 'ErrorBreakdown', 'error_breakdown',
+           'plot_worst', 'predict', 'detection_metric']
 
 # %% ../nbs/06_metrics.ipynb #a9c4a2d1
 def imperfect_preds(
@@ -482,10 +482,10 @@ class EvalReport:
         "The score threshold with the best F1 over all classes (the lowest on ties; 0 when nothing is ever right)"
         return float(self.threshold_sweep(iou).best().loc["all", "threshold"])
     def confusion(self, score_thr="best_f1", iou:float=0.5)->Confusion: return confusion(self, score_thr, iou)
-    def errors(self, iou:float=0.5, bg_iou:float=0.1)->ErrorBreakdown:
-        "TIDE error breakdown (computed once per `iou`, `bg_iou`)"
-        k = ("errors", float(iou), float(bg_iou))
-        if k not in self._cache: self._cache[k] = error_breakdown(self, iou, bg_iou)
+    def errors(self, iou:float=0.5, bg_iou:float=0.1, recall_points:str="pycocotools")->ErrorBreakdown:
+        "TIDE error breakdown (computed once per `iou`, `bg_iou`, `recall_points`)"
+        k = ("errors", float(iou), float(bg_iou), recall_points)
+        if k not in self._cache: self._cache[k] = error_breakdown(self, iou, bg_iou, recall_points)
         return self._cache[k]
     def error_table(self, score_thr=None, iou:float=0.5, bg_iou:float=0.1)->pd.DataFrame:
         "False positives and missed GTs per image, tagged by TIDE error type; `score_thr`: None (all), a number or 'best_f1'"
@@ -810,11 +810,14 @@ def _fix_one_per_gt(fp:np.ndarray, score:np.ndarray, target:np.ndarray, aims:np.
     best[i[np.r_[True, target[i][1:] != target[i][:-1]]] if len(i) else i] = True
     return best
 
-def _map_of(mode:str, labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray)->float:
+RECALL_POINTS = {"pycocotools": REC_THRS,            # np.linspace(0, 1, 101): the report's own AP
+                 "tidecv": np.arange(101) / 100}       # k / 100: tidecv's grid (differs in the last bit at 10 points)
+
+def _map_of(mode:str, labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray, rec_thrs=REC_THRS)->float:
     "mAP of scored TP / FP flags under the mode's AP (COCO: 101 recall points; VOC: the devkit); classes without GT: nan"
     o = np.lexsort((np.arange(len(labels)), -scores, labels))              # pycocotools' / the devkit's order
     labels, tp = labels[o], tp[o]
-    rec_thrs, aps = torch.as_tensor(REC_THRS), []
+    rec_thrs, aps = torch.as_tensor(rec_thrs), []
     for k, n in enumerate(npos):
         t = tp[labels == k]
         if n == 0: aps.append(np.nan)
@@ -857,7 +860,7 @@ def _tide(base:EvalReport, iou:float, bg_iou:float)->_Tide:
     return _Tide(fp, kind, np.maximum(kiou, 0), target, _fix_one_per_gt(fp, P.scores.numpy()[fp], target, aims),
                  det[tp], base.gt[0][tp], aims, missed)
 
-def _fixed_maps(base:EvalReport, t:_Tide)->tuple:
+def _fixed_maps(base:EvalReport, t:_Tide, rec_thrs=REC_THRS)->tuple:
     "mAP before any fix, and the mAP gained by fixing each error type alone as tidecv does"
     P, G, K = base.preds, base.targets, len(base.classes)
     lab, score, glab = P.labels.numpy(), P.scores.numpy(), G.labels.numpy()
@@ -865,7 +868,7 @@ def _fixed_maps(base:EvalReport, t:_Tide)->tuple:
     def score_of(fixed, relabel, drop, npos):
         d = np.r_[t.tp, t.fp[~drop]]
         l = np.r_[lab[t.tp], np.where(relabel, np.r_[glab, -1][t.target], lab[t.fp])[~drop]]
-        return _map_of(base.mode, l, score[d], np.r_[np.ones(len(t.tp), bool), fixed[~drop]], npos)
+        return _map_of(base.mode, l, score[d], np.r_[np.ones(len(t.tp), bool), fixed[~drop]], npos, rec_thrs)
     no = np.zeros(len(t.fp), dtype=bool)
     base_map = score_of(no, no, no, npos)
     delta = {}
@@ -950,12 +953,14 @@ def error_breakdown(
     r:EvalReport,
     iou:float=0.5,        # foreground IoU: a detection is correct at IoU >= this
     bg_iou:float=0.1,     # a false positive with IoU <= this with every GT is a background error
+    recall_points:str="pycocotools",  # COCO AP's 101 recall points: "pycocotools" (base mAP = the report's AP) or "tidecv" (k / 100, tidecv's numbers)
 )->ErrorBreakdown:
     "TIDE's error types and the mAP each would add if fixed alone, equal to tidecv's (one fix per GT)"
+    if recall_points not in RECALL_POINTS: raise ValueError(f"recall_points={recall_points!r}: expected one of {list(RECALL_POINTS)}")
     with _single_thread():
         base = _run(r.preds, r.targets, r.classes, r.mode, np.array([iou]), r.max_dets)
         t = _tide(base, iou, bg_iou)
-        base_map, delta = _fixed_maps(base, t)
+        base_map, delta = _fixed_maps(base, t, RECALL_POINTS[recall_points])
     P, G, K, classes = base.preds, base.targets, len(base.classes), base.classes
     fp_lab = P.labels.numpy()[t.fp]
     counts = pd.DataFrame(0, index=pd.Index(ERROR_TYPES, name="error"), columns=classes)
