@@ -56,9 +56,20 @@ def test_demo_summary_and_files(demo):
     assert abs(s["evaluation"]["AP50"] - shipped["AP50"]) < 1e-9 and abs(s["evaluation"]["AP"] - shipped["AP"]) < 1e-9
     assert s["evaluation"]["AP50"] >= 0.15 and len(s["training"]["AP50_before_after"]) == 2
     assert "█" not in r.stdout and "\r" not in r.stdout, "progress bars in a pipe: one line per epoch, no redraws"
+    assert s["activations"]["max_outside_range"] <= 0.05, s["activations"]    # the colourful dimension shows it all
     assert 0 <= s["evaluation"]["AP"] <= 1 and 0 < s["coverage"]["recall@0.5"] <= 1
     for name in s["files"]["figures"]: assert (out / name).stat().st_size > 1000, name
     assert str((out / "report.html").resolve()) in r.stdout, r.stdout[-2000:]
+
+
+def test_demo_from_scratch(tmp_path):
+    "--from-scratch trains a randomly initialised detector instead of diagnosing the shipped one"
+    r = weldiag("demo", "--fast", "--from-scratch", "--device", "cpu", "--out", tmp_path / "r")
+    assert r.returncode == 0, f"exit {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    assert s["model"] == "small retinanet" and s["config"]["trained"] is False and s["training"]["steps"] == 6
+    assert '<section id="training-and-activations">' in page and "randomly initialised" in page
 
 
 @pytest.mark.browser

@@ -489,7 +489,8 @@ def _activation_section(run:Run, stats):
     rep.table(last.sort_values("near_zero", ascending=False).head(12), f"The 12 layers with the most near-zero "
               f"activations at the last step ({len(last)} layers recorded).")
     run.summary["activations"] = {"layers": len(last), "dead_layers(>90% near zero)": dead.index.tolist(),
-                                  "max_near_zero": float(last.near_zero.max())}
+                                  "max_near_zero": float(last.near_zero.max()),
+                                  "max_outside_range": float(f["outside"].max())}   # colourful dimension: share off its axis
 
 def _figure_of(x):
     "A plot method may return a Figure, an Axes or an array of Axes"
