@@ -157,6 +157,18 @@ def _rebin(
     out[:, 1:-1].scatter_add_(1, j.long(), h[:, 1:-1])
     return out
 
+def _onto_ranges(
+    d:torch.Tensor,           # (slots, streams, F) float64 rows, their range in column _R, histograms from _H on
+    present:torch.Tensor,     # (slots, streams) bool: rows that hold a step of that stream
+    R:torch.Tensor,           # (streams,) each stream's common range (>= every present row's range)
+    signed:bool,
+):
+    "Re-bin, in place, every present row's histogram from its own range onto its stream's range `R` (at flush time)"
+    f = torch.where(present, R[None] / torch.where(present, d[..., _R], 1), 1)
+    if bool((f != 1).any()):
+        h = d[..., _H:]
+        d[..., _H:] = _rebin(h.reshape(-1, h.shape[-1]), f.reshape(-1), signed).view(h.shape)
+
 # %% ../nbs/02_activations.ipynb #539f1b1f
 _COLS = ["step", "n_steps", "count", "mean", "m2", "min", "max", "nan", "inf", "near_zero", "near_zero_fastai", "n_sample"]
 _C = {c: i for i, c in enumerate(_COLS)}
@@ -253,10 +265,7 @@ def _reduce_slots(
     d = data.double().clone()
     R = torch.maximum(ranges, torch.where(present, d[..., _R], 0).amax(0)) if len(d) else ranges.clone()
     dist.all_reduce(R, op=dist.ReduceOp.MAX)
-    f = torch.where(present, R[None] / torch.where(present, d[..., _R], 1), 1)
-    if bool((f != 1).any()):
-        h = d[..., _H:]
-        d[..., _H:] = _rebin(h.reshape(-1, h.shape[-1]), f.reshape(-1), signed).view(h.shape)
+    _onto_ranges(d, present, R, signed)
     inf = torch.tensor(math.inf, dtype=d.dtype, device=d.device)
     mn, mx = torch.where(present, d[..., 2], inf).contiguous(), torch.where(present, d[..., 3], -inf).contiguous()
     d = torch.where(present[..., None], d, 0)            # a reused buffer row of an absent stream must add nothing
@@ -500,10 +509,7 @@ class _Series:
         for sid in torch.nonzero((R > held) & (held > 0)).flatten().tolist():
             self.points[sid].rebin(float(R[sid] / held[sid]), signed)
         self.host_ranges[:S] = R.tolist()
-        f = torch.where(present, R[None] / torch.where(present, d[..., _R], 1), 1)
-        if bool((f != 1).any()):
-            h = d[..., _H:]
-            d[..., _H:] = _rebin(h.reshape(-1, h.shape[-1]), f.reshape(-1), signed).view(h.shape)
+        _onto_ranges(d, present, R, signed)
 
     def _find_bad(self, d:torch.Tensor, present:torch.Tensor, steps:list, order:list):
         "The first (step, stream) whose tensor held a NaN or Inf, in execution order within the step."

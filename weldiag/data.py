@@ -16,8 +16,8 @@ from PIL import Image, UnidentifiedImageError
 __all__ = ['IMG_EXTS', 'SPLIT_ALIASES', 'COCO_AREA', 'Record', 'Problem', 'BadInput', 'DetectionDataset', 'load_image',
            'read_yolo', 'sample_path', 'weld_sample', 'read_voc', 'read_coco', 'read_labelme', 'load_dataset',
            'write_yolo', 'write_voc', 'write_coco', 'write_labelme', 'class_colors', 'show_image', 'draw_boxes',
-           'add_class_legend', 'DetectionTorchDataset', 'detection_collate', 'detection_dls', 'DatasetStats',
-           'dataset_stats', 'dataset_command']
+           'add_class_legend', 'DetectionTorchDataset', 'detection_collate', 'detection_dls', 'panel_columns',
+           'DatasetStats', 'dataset_stats', 'dataset_command']
 
 # %% ../nbs/01_data.ipynb #a59abd47
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -879,16 +879,26 @@ def _plot_per_image(st:DatasetStats, ax=None):
     return ax
 
 # %% ../nbs/01_data.ipynb #aad04ba0
-def _grid_shape(ds:DetectionDataset, n:int)->tuple:
-    "(ncols, panel aspect W/H): wide images (weld beads, ~4:1) get 2 columns, square ones 4."
+def panel_columns(
+    n:int,                    # image panels
+    aspect:float,             # panel height / width (a weld bead ~0.25, a NEU-DET image 1)
+    width:float=12.0,         # figure width (inches)
+    max_h:float=13.0,         # the tallest the panels may make the figure (inches)
+    extra:float=0.0,          # inches per row on top of the images (titles)
+)->int:
+    "The fewest columns (1..n) that keep `n` image panels in a `width`-inch figure at most `max_h` tall: one place decides every image grid"
+    return next(c for c in range(1, n + 1) if c == n or -(-n // c) * (width / c * aspect + extra) <= max_h)
+
+def _grid_shape(ds:DetectionDataset, n:int, width:float)->tuple:
+    "(ncols, panel aspect W/H) of the dataset's image grid: wide weld beads get 2 columns of 14 inches, squares 4"
     aspect = float(np.median([r.size[0] / r.size[1] for r in ds])) if len(ds) else 1.
-    return (1 if aspect > 5 else 2 if aspect > 1.8 else 4 if aspect > 0.7 else 6), aspect
+    return panel_columns(n, 1 / aspect, width, extra=0.35), aspect
 
 def _plot_images(st:DatasetStats, n:int=8, idxs=None, width:float=14):
     "Grid of real images with their boxes coloured by class and one legend."
     ds = st.ds
     idxs = list(idxs) if idxs is not None else np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int).tolist()
-    ncols, aspect = _grid_shape(ds, len(idxs)); ncols = min(ncols, len(idxs)); nrows = math.ceil(len(idxs) / ncols)
+    ncols, aspect = _grid_shape(ds, len(idxs), width); nrows = math.ceil(len(idxs) / ncols)
     fig, axs = plt.subplots(nrows, ncols, figsize=(width, nrows * (width / ncols / aspect + 0.35) + 0.5), squeeze=False)
     for ax in axs.flat: ax.axis("off")
     for ax, i in zip(axs.flat, idxs):

@@ -108,7 +108,18 @@ def select_modules(
 _REGISTER = {"forward": "register_forward_hook", "forward_pre": "register_forward_pre_hook",
              "backward": "register_full_backward_hook", "output_grad": "register_forward_hook"}
 
-class Hooks:
+class _Handles:
+    "Hook handles in `self.handles`, removed by `remove()`, on leaving a `with` block, and when garbage-collected"
+    def remove(self):
+        "Remove every hook (safe to call twice)."
+        for h in self.handles: h.remove()
+        self.handles = []
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.remove()
+    def __del__(self):
+        if getattr(self, "handles", None): self.remove()
+
+class Hooks(_Handles):
     "Register `fn(name, module, inp, out)` on many modules; a context manager that always removes the hooks."
     def __init__(self,
         target:nn.Module | Iterable[tuple[str, nn.Module]], # a model (modules picked by `select_modules`) or `(name, module)` pairs
@@ -139,14 +150,6 @@ class Hooks:
     @property
     def names(self)->list[str]: return [n for n, _ in self.pairs]
     def __len__(self): return len(self.pairs)
-    def remove(self):
-        "Remove every hook (safe to call twice)."
-        for h in self.handles: h.remove()
-        self.handles = []
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.remove()
-    def __del__(self):
-        if getattr(self, "handles", None): self.remove()
     def __repr__(self): return f"Hooks({self.kind}, {len(self)} modules, {'active' if self.handles else 'removed'})"
 
 # %% ../nbs/00_hooks.ipynb #0c9066fb
@@ -159,7 +162,7 @@ def grad_hook(
     return t.register_hook(hook)
 
 # %% ../nbs/00_hooks.ipynb #f2ec311d
-class OptimizerHooks:
+class OptimizerHooks(_Handles):
     "Call `pre()` before and `post()` after every `optimizer.step()`; a context manager that always removes both."
     def __init__(self,
         optimizer:torch.optim.Optimizer,  # any torch optimizer (step pre / post hooks, torch >= 2.0)
@@ -170,10 +173,4 @@ class OptimizerHooks:
             raise TypeError(f"OptimizerHooks: {type(optimizer).__name__} is not a torch.optim.Optimizer (no step hooks)")
         self.handles = [optimizer.register_step_pre_hook(lambda opt, args, kwargs: pre()),
                         optimizer.register_step_post_hook(lambda opt, args, kwargs: post())]
-    def remove(self):
-        "Remove both hooks (safe to call twice)."
-        for h in self.handles: h.remove()
-        self.handles = []
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.remove()
     def __repr__(self): return f"OptimizerHooks({'active' if self.handles else 'removed'})"

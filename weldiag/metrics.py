@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 
-from .data import show_image, draw_boxes, _class_patches, _to_numpy_image
+from .data import show_image, draw_boxes, panel_columns, _class_patches, _to_numpy_image
 from .detectors import as_detector
 
 # %% auto #0
@@ -985,10 +985,10 @@ def _image_name(img, i:int)->str:
     return Path(p).name if isinstance(p, (str, Path)) else f"image {i}"
 
 def _gallery(arrays:list)->tuple:
-    "Figure and axes sized from the images' aspect: one 12-inch column for wide images (weld beads), up to 4 for squarish ones"
+    "Figure and axes sized from the images' aspect: one 12-inch column for wide images (weld beads), more for squarish ones"
     a = float(np.median([x.shape[1] / x.shape[0] for x in arrays]))
-    cols, w = (1, 12.) if a >= 1.8 else (min(len(arrays), 4), 3.3)
-    rows = -(-len(arrays) // cols)
+    cols = panel_columns(len(arrays), 1 / a, 12., extra=0.75)       # + two title lines per image
+    w, rows = 12. / cols, -(-len(arrays) // cols)
     H = rows * (w / a + 0.75) + 0.9                                  # + two title lines per image, suptitle and legend
     fig, axs = plt.subplots(rows, cols, figsize=(max(cols * w, 7.), H), squeeze=False)
     for ax in axs.flat[len(arrays):]: ax.axis("off")

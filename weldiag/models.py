@@ -126,12 +126,10 @@ class LineBar:
     def __iter__(self): return iter(self.gen)
     def __len__(self): return len(self.gen)
     def write(self, line, table:bool=False): print(line if isinstance(line, str) else "  ".join(map(str, line)), flush=True)
-    def on_iter_end(self): pass
 
-def progress_bars(show:bool=True)->tuple:
+def progress_bars()->tuple:
     "(master_bar, progress_bar): fastprogress's where output redraws (`live_output`), else `LineBar` (one line per `write`, nothing per step)"
     from fastprogress.fastprogress import master_bar, progress_bar
-    if not show: return LineBar, LineBar
     return (master_bar, progress_bar) if live_output() else (LineBar, LineBar)
 
 def to_device(b, device):

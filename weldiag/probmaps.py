@@ -13,7 +13,7 @@ from torch import nn
 
 from .hooks import Hooks, select_modules, walk_outputs
 from .detectors import as_detector
-from .data import _plain
+from .data import _plain, panel_columns
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'ACTIVATIONS', 'MAX_HEIGHT', 'to_per_anchor', 'flatten_per_anchor', 'activate', 'HeadSpec', 'head_spec',
@@ -364,7 +364,7 @@ def _fig_rows(n:int, ncols:int=1, w:float=12.0, aspect:float=0.26, figsize=None,
 
 def _fig_panels(n:int, aspect:float, w:float=12.0, figsize=None, max_h:float=MAX_HEIGHT):
     "(figure, the n panel axes in reading order): one column of wide images, or as many columns as keep it under `max_h`"
-    ncols = next(c for c in range(1, n + 1) if c == n or -(-n // c) * w / c * aspect + 0.6 <= max_h)
+    ncols = panel_columns(n, aspect, w, max_h - 0.6)
     fig, axs = _fig_rows(-(-n // ncols), ncols, w, aspect, figsize, max_h)
     for ax in axs.flat[n:]: ax.set_visible(False)
     return fig, list(axs.flat[:n])
