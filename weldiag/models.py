@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['ARCHS', 'SAMPLE_DETECTOR_FILES', 'conv_bn', 'TinyBackbone', 'small_backbone', 'small_detector',
-           'ShapeAnchorGenerator', 'live_output', 'LineBar', 'progress_bars', 'to_device', 'train_detector',
-           'detector_from_config', 'sample_detector_path', 'sample_detector_info', 'sample_detector']
+           'ShapeAnchorGenerator', 'train_detector', 'detector_from_config', 'sample_detector_path',
+           'sample_detector_info', 'sample_detector']
 
 # %% ../nbs/01b_models.ipynb #a2b1f791
 from collections import OrderedDict
@@ -21,6 +21,9 @@ from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from .progress import progress_bars, to_device, live_output, LineBar
+
 
 # %% ../nbs/01b_models.ipynb #2a89283c
 def conv_bn(ni:int, nf:int, stride:int=1)->nn.Sequential:
@@ -114,32 +117,6 @@ class ShapeAnchorGenerator(AnchorGenerator):
     def extra_repr(self)->str: return f"anchors per location {self.num_anchors_per_location()}" 
 
 # %% ../nbs/01b_models.ipynb #5a45d0ba
-def live_output()->bool:
-    "Does stdout redraw in place (a notebook or a terminal)? A file, a pipe or a CI log does not"
-    from fastprogress.fastprogress import IN_NOTEBOOK
-    isatty = getattr(sys.stdout, "isatty", None)
-    return bool(IN_NOTEBOOK or (isatty is not None and isatty()))
-
-class LineBar:
-    "A progress bar for output that cannot redraw: iterates quietly, keeps `comment`, prints each `write` as one line"
-    def __init__(self, gen, total=None, parent=None, leave=True, **kwargs): self.gen, self.comment = gen, ""
-    def __iter__(self): return iter(self.gen)
-    def __len__(self): return len(self.gen)
-    def write(self, line, table:bool=False): print(line if isinstance(line, str) else "  ".join(map(str, line)), flush=True)
-
-def progress_bars()->tuple:
-    "(master_bar, progress_bar): fastprogress's where output redraws (`live_output`), else `LineBar` (one line per `write`, nothing per step)"
-    from fastprogress.fastprogress import master_bar, progress_bar
-    return (master_bar, progress_bar) if live_output() else (LineBar, LineBar)
-
-def to_device(b, device):
-    "Move the tensors inside a batch (nested tuples, namedtuples, lists, dicts) to `device`; other leaves unchanged"
-    if torch.is_tensor(b): return b.to(device, non_blocking=True)
-    if isinstance(b, dict): return {k: to_device(v, device) for k, v in b.items()}
-    if isinstance(b, tuple) and hasattr(b, "_fields"): return type(b)(*(to_device(v, device) for v in b))
-    if isinstance(b, (tuple, list)): return type(b)(to_device(v, device) for v in b)
-    return b
-
 def train_detector(
     model:nn.Module,       # a detector whose adapter knows its training call (every torchvision detector)
     dl,                    # iterable of (list of CHW images, list of target dicts with dataset labels 0..K-1)
