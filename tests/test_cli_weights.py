@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from weldiag.data import DetectionTorchDataset, detection_collate, load_dataset, sample_path
-from weldiag.detectors import as_detector, load_detector
+from weldiag.detectors import as_detector
+from weldiag.load import load_detector
 from weldiag.models import train_detector
 from weldiag.metrics import evaluate, predict
 from weldiag.anchors import coverage

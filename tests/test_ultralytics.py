@@ -29,7 +29,8 @@ def test_import_weldiag_never_imports_ultralytics():
 def test_everything_else_works_without_the_extra(tmp_path):
     "With ultralytics unimportable: torchvision models are diagnosed as before, YOLO requests say what to install"
     code = ("import sys; sys.modules['ultralytics'] = None\n"
-            "from weldiag.detectors import load_detector, as_detector\n"
+            "from weldiag.load import load_detector\n"
+            "from weldiag.detectors import as_detector\n"
             "from weldiag.anchors import coverage\n"
             "from weldiag.data import weld_sample\n"
             "m = load_detector('retinanet', num_classes=4)\n"
@@ -45,7 +46,8 @@ ultralytics = pytest.importorskip("ultralytics")
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils.instance import Instances
-from weldiag.detectors import as_detector, load_detector
+from weldiag.detectors import as_detector
+from weldiag.load import load_detector
 from weldiag.assign import assignability, anchor_points
 from weldiag.probmaps import class_prob_maps
 from weldiag.lr_find import lr_find, training_state, same_state

@@ -1206,7 +1206,7 @@ def attach_activation_stats(
     handle = SimpleNamespace(stats=None)
     def start(trainer):
         m = getattr(trainer.model, "module", trainer.model)      # DDP wraps it
-        roles = getattr(as_detector(m), "roles", dict)()
+        roles = as_detector(m).roles()
         kw = {"modules": list(roles) or None, "names": roles, **kwargs}
         if handle.stats is not None: handle.stats.stop()
         handle.stats = ActivationStats(m, **kw).start()

@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from .data import DetectionDataset, load_image, show_image, draw_boxes
-from .detectors import as_detector, letterbox_geometry, _ultralytics
-from .anchors import _gt_columns, _bucket
+from .spec import letterbox_geometry
+from .detectors import as_detector
+from .gt_table import gt_columns, bucket
 
 # %% auto #0
 __all__ = ['ASSIGN_STATUSES', 'HARD_STATUSES', 'ASSIGN_COLORS', 'anchor_points', 'candidates', 'Assignability', 'assignability',
@@ -26,26 +27,19 @@ HARD_STATUSES = ASSIGN_STATUSES[:3]    # no amount of training gives these GTs a
 ASSIGN_COLORS = dict(zip(ASSIGN_STATUSES, ("#cf222e", "#fb8f44", "#8250df", "#d4a72c", "#2da44e")))
 
 def anchor_points(det, image_size:int=None)->tuple:
-    "((A, 2) anchor points in input pixels, (A,) their stride, (A,) their level) of a square `image_size` input"
-    make_anchors = _ultralytics("ultralytics.utils.tal.make_anchors")
-    S = int(image_size or det.image_size)
-    st = det.strides
-    feats = [torch.zeros(1, 1, math.ceil(S / s), math.ceil(S / s)) for s in st]
-    pts, stride = make_anchors(feats, torch.tensor(st), 0.5)
-    level = torch.cat([torch.full((f.shape[-2] * f.shape[-1],), i) for i, f in enumerate(feats)])
-    return pts * stride, stride[:, 0], level
+    "((A, 2) anchor points in input pixels, (A,) their stride, (A,) their level) of a square `image_size` input, as the adapter makes them"
+    return as_detector(det).anchor_points(image_size)
 
 def candidates(
-    assigner,            # the model's `TaskAlignedAssigner` (`det.assigner()`)
+    det,                 # the model's adapter: its assigner's candidate rule (`candidate_mask`) and `reg_max`
     points,              # (A, 2) anchor points, input pixels
     stride,              # (A,) stride of each point
     gt,                  # (G, 4) xyxy GT boxes of one image, input pixels
-    reg_max:int=16,      # DFL bins: a side at most `reg_max - 1 - 0.01` strides from the point
 )->dict:
     "Per (GT, point) masks: `cand` (the assigner's rule), `inside` (in the real box), `shared`, `in_range`"
     G = len(gt)
     if not G: return {k: torch.zeros(0, len(points), dtype=torch.bool) for k in ("cand", "inside", "shared", "in_range")}
-    cand = assigner.select_candidates_in_gts(points, gt[None].float(), torch.ones(1, G, 1))[0].bool()
+    cand, reg_max = det.candidate_mask(points, gt), det.reg_max   # DFL: a side at most `reg_max - 1 - 0.01` strides away
     eps = 1e-9   # the assigner's own strictness
     x, y = points[:, 0], points[:, 1]
     d = torch.stack([x - gt[:, 0, None], y - gt[:, 1, None], gt[:, 2, None] - x, gt[:, 3, None] - y], -1)   # (G, A, 4)
@@ -64,7 +58,7 @@ def _status(m:dict)->tuple:
              np.where(n[2].numpy() == 0, ASSIGN_STATUSES[2], np.where(n[3].numpy() == 0, ASSIGN_STATUSES[3], ASSIGN_STATUSES[4]))))
     return n, status
 
-# %% ../nbs/03b_assign.ipynb #9d51e53d
+# %% ../nbs/03b_assign.ipynb #8c414905
 @dataclass
 class Assignability:
     "Assignability of a dataset's GTs for an anchor-free YOLO at one `imgsz`: one row per GT, summaries, plots"
@@ -74,6 +68,7 @@ class Assignability:
     rule:dict                # the assigner's parameters (topk, alpha, beta, stride_val) and reg_max, strides
     ds:DetectionDataset = field(repr=False)
     source:str = ""
+    anchor_free = True       # the anchor-free counterpart of `Coverage`
     def to_frame(self)->pd.DataFrame: return self.frame.copy()
     def share(self, status:str="assignable")->float:
         "Share of GTs with this status"
@@ -87,7 +82,7 @@ class Assignability:
     def summary(self, by:str=None)->pd.DataFrame:
         "Share of each status and mean candidates, overall (`by=None`) or per class / size / coco / aspect"
         f = self.frame
-        keys = _bucket(f, by) if by else pd.Series("all", index=f.index)
+        keys = bucket(f, by) if by else pd.Series("all", index=f.index)
         d = pd.DataFrame({s: f["status"] == s for s in ASSIGN_STATUSES}).groupby(keys.rename(by or ""), observed=True)
         out = d.mean().round(3)
         out.insert(0, "n", d.size())
@@ -115,6 +110,8 @@ class Assignability:
                 + ", ".join(f"{s} {int(counts.get(s, 0))}" for s in ASSIGN_STATUSES) + ")")
     def _repr_html_(self): return f"<p>{repr(self)}</p>" + self.summary("class").to_html()
 
+
+# %% ../nbs/03b_assign.ipynb #e1854465
 def assignability(
     model,                   # an ultralytics YOLO / DetectionModel (or its `UltralyticsDetector`)
     ds:DetectionDataset,     # GT boxes in original image pixels
@@ -122,7 +119,7 @@ def assignability(
 )->Assignability:
     "Per GT: candidate anchor points under the model's own assigner, and the first reason it cannot get a positive"
     det = copy.copy(as_detector(model))   # a copy: the caller's adapter keeps its own imgsz
-    if not getattr(det, "anchor_free", False):
+    if not det.anchor_free:
         raise ValueError(f"assignability: {det.name} is not an anchor-free YOLO; use `coverage` for anchor-based detectors")
     if image_size is not None: det.image_size = int(image_size)
     if not len(ds): raise ValueError("assignability: the dataset has no images")
@@ -133,13 +130,13 @@ def assignability(
     for i, rec in enumerate(ds):
         b = det.to_input(rec.boxes.float(), rec.size[::-1])    # the letterbox, as the labels go through it
         items.append((i, rec, b))
-        m = candidates(asg, pts, stride, b, det.reg_max)
+        m = candidates(det, pts, stride, b)
         (n_c, n_in, n_range, n_ok), status = _status(m)
         per_level = torch.stack([m["cand"][:, level == l].sum(1) for l in range(L)], 1) if len(b) else torch.zeros(0, L, dtype=torch.long)
         rows.append(pd.DataFrame({"n_candidates": n_c.numpy(), "n_inside": n_in.numpy(), "n_in_range": n_range.numpy(),
                                   "n_assignable": n_ok.numpy(), "status": status,
                                   **{f"candidates[{n}]": per_level[:, l].numpy() for l, n in enumerate(names)}}))
-    cols = _gt_columns(items, (S, S), ds.classes)
+    cols = gt_columns(items, (S, S), ds.classes)
     frame = pd.concat([pd.DataFrame(cols), pd.concat(rows, ignore_index=True)], axis=1)
     rule = dict(topk=int(asg.topk), alpha=float(asg.alpha), beta=float(asg.beta), stride_val=float(getattr(asg, "stride_val", 0)),
                 reg_max=det.reg_max, strides=det.strides)

@@ -15,9 +15,9 @@ from PIL import Image, UnidentifiedImageError
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLIT_ALIASES', 'COCO_AREA', 'Record', 'Problem', 'BadInput', 'DetectionDataset', 'load_image',
            'read_yolo', 'sample_path', 'weld_sample', 'read_voc', 'read_coco', 'read_labelme', 'load_dataset',
-           'write_yolo', 'write_voc', 'write_coco', 'write_labelme', 'class_colors', 'show_image', 'draw_boxes',
-           'add_class_legend', 'DetectionTorchDataset', 'detection_collate', 'detection_dls', 'panel_columns',
-           'DatasetStats', 'dataset_stats', 'dataset_command']
+           'write_yolo', 'write_voc', 'write_coco', 'write_labelme', 'plain_text', 'class_colors', 'to_numpy_image',
+           'show_image', 'draw_boxes', 'class_patches', 'add_class_legend', 'DetectionTorchDataset',
+           'detection_collate', 'detection_dls', 'panel_columns', 'DatasetStats', 'dataset_stats', 'dataset_command']
 
 # %% ../nbs/01_data.ipynb #a59abd47
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -680,7 +680,7 @@ def _has_glyph(c:str)->bool:
     from matplotlib import font_manager, ft2font
     return c.isascii() or ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties())).get_char_index(ord(c)) != 0
 
-def _plain(s)->str:
+def plain_text(s)->str:
     "Text from a dataset (class and file names) as matplotlib must draw it: `$...$` is not math; characters the font lacks as \\uXXXX"
     return "".join(c if _has_glyph(c) else f"\\u{ord(c):04x}" for c in str(s)).replace("$", r"\$")
 
@@ -694,7 +694,7 @@ def class_colors(n:int)->list:
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
 
-def _to_numpy_image(img):
+def to_numpy_image(img):
     "PIL image, path, `Record`, CHW tensor in [0, 1] or HWC array -> HWC array for imshow."
     if isinstance(img, (str, Path, Record)): img = load_image(img)
     if isinstance(img, torch.Tensor):
@@ -712,10 +712,10 @@ def show_image(
 ):
     "Show an image without axis ticks; returns the axes."
     if ax is None: _, ax = plt.subplots(figsize=figsize)
-    a = _to_numpy_image(img)
+    a = to_numpy_image(img)
     ax.imshow(a, cmap="gray" if a.ndim == 2 else None)
     ax.set_xticks([]); ax.set_yticks([])
-    if title: ax.set_title(_plain(title), fontsize=9)
+    if title: ax.set_title(plain_text(title), fontsize=9)
     return ax
 
 # %% ../nbs/01_data.ipynb #733b9afc
@@ -741,7 +741,7 @@ def draw_boxes(
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
         c = color or (cols[labels[i] % len(cols)] if labels is not None else cols[0])
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=c, lw=lw, ls=ls))
-        txt = [] if labels is None else [_plain(classes[labels[i]]) if classes else str(labels[i])]
+        txt = [] if labels is None else [plain_text(classes[labels[i]]) if classes else str(labels[i])]
         if scores is not None: txt.append(f"{scores[i]:.2f}")
         if txt and fontsize:
             ax.text(x1, y1, " ".join(txt), fontsize=fontsize, color="white", va="bottom", ha="left",
@@ -749,13 +749,13 @@ def draw_boxes(
     if legend and classes: add_class_legend(ax, classes)
     return ax
 
-def _class_patches(classes:list)->list:
+def class_patches(classes:list)->list:
     from matplotlib.patches import Patch
-    return [Patch(facecolor="none", edgecolor=c, lw=2, label=_plain(n)) for n, c in zip(classes, class_colors(len(classes)))]
+    return [Patch(facecolor="none", edgecolor=c, lw=2, label=plain_text(n)) for n, c in zip(classes, class_colors(len(classes)))]
 
 def add_class_legend(ax, classes:list, **kwargs):
     "Legend with one coloured patch per class (the colours `draw_boxes` uses), outside the axes on the right."
-    return ax.legend(handles=_class_patches(classes), **{"fontsize": 8, "loc": "upper left", "bbox_to_anchor": (1.0, 1.0), "frameon": False, **kwargs})
+    return ax.legend(handles=class_patches(classes), **{"fontsize": 8, "loc": "upper left", "bbox_to_anchor": (1.0, 1.0), "frameon": False, **kwargs})
 
 # %% ../nbs/01_data.ipynb #0b25edea
 def _target_size(W:int, H:int, size)->tuple:
@@ -836,7 +836,7 @@ def _plot_classes(st:DatasetStats, ax=None):
     ax.bar(x + 0.2, f.images, 0.4, color=cols, alpha=0.45, hatch="//", edgecolor="k", lw=0.5, label="images with the class")
     for xi, (b, i) in enumerate(zip(f.boxes, f.images)):
         ax.text(xi - 0.2, b, str(b), ha="center", va="bottom", fontsize=8); ax.text(xi + 0.2, i, str(i), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, [_plain(c) for c in st.classes], rotation=20 if len(st.classes) > 4 else 0, ha="right" if len(st.classes) > 4 else "center")
+    ax.set_xticks(x, [plain_text(c) for c in st.classes], rotation=20 if len(st.classes) > 4 else 0, ha="right" if len(st.classes) > 4 else "center")
     ax.set_ylabel("count"); ax.set_title("Boxes and images per class"); ax.legend(fontsize=8)
     ax.margins(y=0.12)
     return ax
@@ -862,7 +862,7 @@ def _plot_sizes(st:DatasetStats, ax=None, bins:int=30):
     b = st.boxes; side = np.sqrt(b.area)
     edges = np.linspace(0, side.max() * 1.02 if len(b) else 1, bins + 1)
     ax.hist([side[b.label == k] for k in range(len(st.classes))], bins=edges, stacked=True,
-            color=class_colors(len(st.classes)), label=[_plain(c) for c in st.classes])
+            color=class_colors(len(st.classes)), label=[plain_text(c) for c in st.classes])
     n = st.boxes["size"].value_counts()
     for s in (32, 96):
         if s < edges[-1]: ax.axvline(s, color="k", ls="--", lw=1)
@@ -907,7 +907,7 @@ def _plot_images(st:DatasetStats, n:int=8, idxs=None, width:float=14):
         chars = int(width / ncols * 12.5) - len(about)      # ~12.5 characters per inch at font size 9
         show_image(r, ax, title=_shorten(r.path.name, max(chars, 12)) + about)
         draw_boxes(ax, r.boxes, r.labels, ds.classes, fontsize=0, lw=1.2)
-    fig.legend(handles=_class_patches(ds.classes), loc="upper center", ncol=len(ds.classes), fontsize=9, frameon=False,
+    fig.legend(handles=class_patches(ds.classes), loc="upper center", ncol=len(ds.classes), fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     return fig

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .models import to_device, progress_bars
-from .detectors import as_detector
+from .detectors import as_detector, Detector
 
 BETA = 0.98  # smoothing of fastai's Recorder / AvgSmoothLoss
 
@@ -580,7 +580,7 @@ def lr_find(
     undo = lambda: None
     if _is_fastai_learner(model): model, dl, opt, step_fn, undo = _from_learner(model, dl, opt, loss_fn, step_fn, targets_in_model)
     det = None
-    if getattr(type(model), "_is_adapter", False): det, model = model, model.model   # e.g. a YOLO at its imgsz
+    if isinstance(model, Detector): det, model = model, model.model   # e.g. a YOLO at its imgsz
     if dl is None: raise ValueError("lr_find: pass dl= (batches to train on)")
     _check_args(num_it, accumulation_steps, check_every, repeats, stop_div)
     sched = lr_schedule(start_lr, end_lr, num_it, step_mode)

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 
-from .data import show_image, draw_boxes, panel_columns, _class_patches, _to_numpy_image
+from .data import show_image, draw_boxes, panel_columns, class_patches, to_numpy_image
 from .detectors import as_detector
 
 # %% auto #0
@@ -1035,10 +1035,10 @@ def plot_worst(
         fig, ax = plt.subplots(figsize=(8, 1.2)); ax.axis("off")
         ax.text(.5, .5, f"No image has {what} at {cut}.", ha="center", va="center", fontsize=10)
         return fig
-    arrays = [_to_numpy_image(images[i]) for i in pick]
+    arrays = [to_numpy_image(images[i]) for i in pick]
     fig, axs, H = _gallery(arrays)
     for ax, i, a in zip(axs, pick, arrays): _draw_errors(ax, r, e, a, _image_name(images[i], i), i, thr, fontsize)
-    fig.legend(handles=_class_patches(r.classes), loc="lower center", ncol=min(len(r.classes), 6), fontsize=8, frameon=False)
+    fig.legend(handles=class_patches(r.classes), loc="lower center", ncol=min(len(r.classes), 6), fontsize=8, frameon=False)
     fig.suptitle(f"The {len(pick)} images with the most {what} ({cut})\nsolid: ground truth · dashed: detections · "
                  f"Cls / Loc / Both / Dupe / Bkg: false-positive type", fontsize=9)
     fig.tight_layout(rect=(0, 0.35 / H, 1, 1 - 0.45 / H))

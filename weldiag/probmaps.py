@@ -12,19 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import Hooks, select_modules, walk_outputs
-from .detectors import as_detector
-from .data import _plain, panel_columns
+from .spec import HeadSpec, LAYOUTS, ACTIVATIONS
+from .detectors import as_detector, learner_of
+from .data import plain_text, panel_columns, show_image, draw_boxes, add_class_legend, class_colors, load_image
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'ACTIVATIONS', 'MAX_HEIGHT', 'to_per_anchor', 'flatten_per_anchor', 'activate', 'HeadSpec', 'head_spec',
-           'Grid', 'Letterboxed', 'ProbMap', 'ProbMaps', 'class_prob_maps', 'RoIScores', 'roi_class_scores',
-           'plot_class_maps', 'plot_level_grid', 'plot_max_map', 'plot_checkpoints', 'principal_component',
-           'FeatureMap', 'FeatureMaps', 'feature_maps', 'ProbMapExplorer']
+__all__ = ['MAX_HEIGHT', 'to_per_anchor', 'flatten_per_anchor', 'activate', 'head_spec', 'Grid', 'Letterboxed', 'ProbMap',
+           'ProbMaps', 'class_prob_maps', 'RoIScores', 'roi_class_scores', 'plot_class_maps', 'plot_level_grid',
+           'plot_max_map', 'plot_checkpoints', 'principal_component', 'FeatureMap', 'FeatureMaps', 'feature_maps',
+           'ProbMapExplorer']
 
 # %% ../nbs/04_probmaps.ipynb #c5f9a0fd
-LAYOUTS = ("N(AK)HW", "NAHW(5+K)", "N(HWA)K")
-ACTIVATIONS = ("sigmoid", "softmax", "yolo", "identity")
-
 def to_per_anchor(
     raw:torch.Tensor,     # one level's raw head output, laid out as `layout` says
     layout:str,           # one of LAYOUTS
@@ -86,49 +84,6 @@ def activate(
     if background is None: return p
     keep = [c for c in range(p.shape[2]) if c != background % p.shape[2]]
     return p[:, :, keep]
-
-# %% ../nbs/04_probmaps.ipynb #8ece0e10
-@dataclass
-class HeadSpec:
-    "Where a detector's class logits come out and how to read them; `head_spec(model)` builds it for known heads"
-    modules:list                # names or glob patterns of the modules whose outputs hold class logits; every call is one level, in call order
-    num_classes:int             # K: foreground classes (after the background column is dropped)
-    anchors:object=1            # A: predictions per location, an int or one int per level
-    layout:str="N(AK)HW"        # how a level's output is laid out: one of LAYOUTS
-    activation:object="sigmoid" # "sigmoid" | "softmax" | "yolo" | "identity" | callable on (N, A, C, H, W)
-    background:int=None         # raw column that is background, dropped after the activation
-    level_shapes:list=None      # [(H, W), ...]: needed for "N(HWA)K"; one output holding all levels is split by it
-    strides:list=None           # [(sy, sx), ...] model-input pixels between cells; default: input size / grid size
-    offset:float=0.5            # cell (i, j) centre sits at ((i + offset) * sy, (j + offset) * sx) (without anchor_module)
-    centerness:str=None         # module whose (N, A, H, W) output is FCOS centerness logits
-    image_score:str=None        # module whose output is an image-level logit (segmentation + decision nets)
-    anchor_module:str=None      # torchvision anchor generator: cell centres and strides are read from its anchors
-    select:Callable=None        # picks the logits tensor(s) from a module's output; default: tensors of the layout's ndim
-    columns:int=None            # raw columns per anchor; default K (+1 with background) (+5 for "yolo")
-    classes:list=None           # class names; default "0".."K-1"
-    name:str="custom"           # what kind of head this is, shown in plots
-    agnostic:bool=False         # one class-agnostic score (RPN objectness): `classes` name the GT boxes, all of them drawn
-
-    def __post_init__(self):
-        if isinstance(self.modules, (str, nn.Module)): self.modules = [self.modules]
-        if self.layout not in LAYOUTS: raise ValueError(f"HeadSpec.layout={self.layout!r}: expected one of {LAYOUTS}")
-        if not callable(self.activation) and self.activation not in ACTIVATIONS:
-            raise ValueError(f"HeadSpec.activation={self.activation!r}: expected one of {ACTIVATIONS} or a callable")
-        if self.num_classes < 1: raise ValueError(f"HeadSpec.num_classes={self.num_classes}: need at least 1")
-        if self.layout == "N(HWA)K" and not self.level_shapes:
-            raise ValueError("HeadSpec: layout 'N(HWA)K' is flattened; give level_shapes=[(H, W), ...] per level")
-        if self.classes is None: self.classes = [str(k) for k in range(self.num_classes)]
-        if len(self.classes) != self.num_classes:
-            raise ValueError(f"HeadSpec: {len(self.classes)} class names for num_classes={self.num_classes}")
-        if self.columns is None:
-            self.columns = self.num_classes + (self.background is not None) + 5 * (self.activation == "yolo")
-
-    def anchors_at(self, level:int, n_levels:int)->int:
-        "A at `level`"
-        if isinstance(self.anchors, int): return self.anchors
-        if len(self.anchors) != n_levels:
-            raise ValueError(f"HeadSpec.anchors has {len(self.anchors)} entries but the head produced {n_levels} levels")
-        return int(self.anchors[level])
 
 # %% ../nbs/04_probmaps.ipynb #11d010a4
 def head_spec(
@@ -194,7 +149,7 @@ def _check_images(images, det)->list:
 
 def _unwrap_fastai(model, images):
     "(the model's adapter, images, images to show): a fastai Learner -> its model's adapter; a batch from its DataLoaders -> the images (and de-normalised copies)"
-    learn = model if hasattr(model, "dls") and isinstance(getattr(model, "model", None), nn.Module) else None
+    learn = learner_of(model)
     if learn is not None: model = learn.model
     if isinstance(images, (tuple, list)) and images and torch.is_tensor(images[0]) and images[0].ndim == 4:
         images = images[0]  # (xb, yb...) batch
@@ -225,7 +180,7 @@ def _run_hooked(det, images:list, names:list)->tuple:
         with Hooks(pairs, keep), torch.no_grad():
             model.eval()
             if tv is not None: res = model(images)
-            elif hasattr(det, "letterbox"):   # YOLO: the adapter letterboxes as the model's own pipeline does
+            elif det.letterboxes:   # YOLO: the adapter letterboxes as the model's own pipeline does
                 x, geoms = det.letterbox(images)
                 letterboxed = Letterboxed(x, [g.resized_hw for g in geoms], [g.scale for g in geoms], [g.offset for g in geoms])
                 res = model(x)
@@ -382,7 +337,6 @@ def _aspect(img)->float: return img.shape[-2] / img.shape[-1]
 def _overlay(ax, image, heat, vmax:float=None, threshold:float=0.0, alpha:float=0.6, cmap:str="magma", title:str=None):
     "Grey image with `heat` (H0, W0) on top; values below `threshold` transparent; returns the heat AxesImage"
     import numpy as np
-    from weldiag.data import show_image
     show_image(image.mean(0) if image.shape[0] == 3 else image[0], ax=ax)  # grey, so the colours are the map's
     h = _np(heat)
     im = ax.imshow(np.ma.masked_less(h, threshold) if threshold > 0 else h, cmap=cmap, alpha=alpha,
@@ -394,7 +348,6 @@ def _scale_label(pm)->str: return "objectness" if getattr(pm, "agnostic", False)
 
 def _draw_gt(ax, target, pm, cls:int=None):
     "GT boxes of `target` (only class `cls` if given, all of them on a class-agnostic map)"
-    from weldiag.data import draw_boxes
     boxes, labels = _gt(target)
     if boxes is None or len(boxes) == 0: return
     classes = pm.classes
@@ -515,7 +468,6 @@ class RoIScores:
 
     def plot(self, i:int=0, n:int=20, figsize=None):
         "The `n` RoIs with the highest class probability, with class and probability"
-        from weldiag.data import draw_boxes, show_image
         best, lab = self.probs[i].max(1)
         o = best.argsort(descending=True)[:n]
         fig, axs = _fig_rows(1, aspect=_aspect(self.images[i]), figsize=figsize)
@@ -557,7 +509,7 @@ def plot_class_maps(pm:ProbMaps, i:int=0, classes:list=None, levels:list=None,
     vmax, scale = _vmax(vmax, [heat[k] for k in ks])
     fig, axs = _fig_panels(len(ks), _aspect(pm.images[i]), figsize=figsize)
     for ax, k in zip(axs, ks):
-        im = _overlay(ax, pm.images[i], heat[k], vmax, threshold, title=f"{pm.kind} · p({_plain(pm.classes[k])}) · max {float(heat[k].max()):.3f}")
+        im = _overlay(ax, pm.images[i], heat[k], vmax, threshold, title=f"{pm.kind} · p({plain_text(pm.classes[k])}) · max {float(heat[k].max()):.3f}")
         _draw_gt(ax, pm.targets[i] if pm.targets else None, pm, k)
     fig.colorbar(im, ax=axs, label=f"{_scale_label(pm)}, scale {scale}", shrink=0.9)
     return fig
@@ -576,7 +528,7 @@ def plot_level_grid(pm:ProbMaps, i:int=0,
             g = pm.maps[i][l].grid
             im = _overlay(axs[k, l], pm.images[i], heats[l][k], vmax)
             if k == 0: axs[k, l].set_title(f"level {l}: {g.shape[0]}x{g.shape[1]}\nstride {g.stride[1]:.0f}", fontsize=fs)
-            if l == 0: axs[k, l].set_ylabel(_plain(pm.classes[k]), fontsize=fs + 1)
+            if l == 0: axs[k, l].set_ylabel(plain_text(pm.classes[k]), fontsize=fs + 1)
     fig.colorbar(im, ax=axs.ravel().tolist(), label=f"{_scale_label(pm)}, scale {scale}", shrink=0.8)
     fig.suptitle(f"{pm.kind}: class x level probability maps", fontsize=10)
     return fig
@@ -585,7 +537,6 @@ def plot_max_map(pm:ProbMaps, i:int=0, vmax:float|str="max", figsize=None):
     "Max over classes and levels (top) and the winning class where it is above half that max (bottom), GT on both"
     import numpy as np
     from matplotlib.colors import ListedColormap
-    from weldiag.data import add_class_legend, class_colors, show_image
     heat = pm.image_probs(i)
     best, arg = heat.max(0)
     vmax, scale = _vmax(vmax, [best])
@@ -614,7 +565,7 @@ def plot_checkpoints(
     heats = [(m.image_probs(i).amax(0) if k is None else m.image_probs(i)[k]) for m in maps]
     vmax, scale = _vmax(vmax, heats)
     fig, axs = _fig_panels(len(maps), _aspect(maps[0].images[i]), figsize=figsize)
-    what = "max over classes" if k is None else f"p({_plain(maps[0].classes[k])})"
+    what = "max over classes" if k is None else f"p({plain_text(maps[0].classes[k])})"
     for ax, m, h, lab in zip(axs, maps, heats, labels):
         im = _overlay(ax, m.images[i], h, vmax, title=f"{lab}: {what}, max {float(h.max()):.3f}")
         _draw_gt(ax, m.targets[i] if m.targets else None, m, k)
@@ -749,7 +700,6 @@ class ProbMapExplorer:
 
     def _item(self, i:int):
         "(image tensor, target or None) of item `i`"
-        from weldiag.data import load_image
         it = self.ds[i]
         if hasattr(it, "path"):  # a Record
             import numpy as np

@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt
 from .data import (DetectionDataset, DetectionTorchDataset, detection_collate, weld_sample, load_dataset,
                           dataset_stats, draw_boxes, show_image, add_class_legend)
 from .models import small_detector, train_detector, sample_detector, sample_detector_info
-from .detectors import as_detector, load_detector, _ULTRALYTICS_SUFFIXES
+from .detectors import as_detector, ULTRALYTICS_SUFFIXES
+from .load import load_detector
 from .anchors import coverage, suggest_anchors
 from .lr_find import lr_find
 from .activations import ActivationStats
@@ -347,7 +348,7 @@ def coverage_step(run:Run):
                 "box, the best IoU any anchor reaches: a box below the matcher's threshold gets no positive anchor (or "
                 "only a forced low-quality one) and the model is not trained to find it.")
     cov = coverage(run.model, run.train)
-    if hasattr(cov, "reachable"): return _assign_section(run, cov)   # an anchor-free YOLO: its assigner, not anchors
+    if cov.anchor_free: return _assign_section(run, cov)   # an anchor-free YOLO: its assigner, not anchors
     rep.cards({f"recall @ IoU {t:g}": cov.recall(t) for t in cov.thresholds} | {"GT boxes": len(cov.frame)})
     rep.table(cov.summary("class"), "Per class: share of GT boxes whose best anchor reaches each IoU, and the matcher's "
               "verdict (matched / force-matched only / missed).")
@@ -639,7 +640,7 @@ def _header(rep:HTMLReport, run:Run, how:str):
         t = det.transform
         size = (f"resized by the model itself (min_size {t.min_size[-1]}, max_size {t.max_size})" if t is not None and
                 t.fixed_size is None else f"letterboxed to {det.image_size}×{det.image_size} as ultralytics does"
-                if hasattr(det, "letterbox") else "resized by the model itself")
+                if det.letterboxes else "resized by the model itself")
         train = (f"fine-tuned on a copy for {c.epochs} epoch(s)" + (f" capped at {c.max_steps} steps" if c.max_steps else "")
                  if c.epochs else "diagnosed as it is: nothing is trained (lr-finder and activation statistics need --epochs)")
         rep.section("Run", f"Model **{c.model}**: {run.given}, {n_par}, on **{run.device}**; images {size}; {train}. "
@@ -804,7 +805,7 @@ def report_command(
 )->int:
     "CLI `weldiag report --data PATH [--model ARCH --weights CKPT]`: the demo's report for your own data and model"
     if data is None: raise ValueError("--data: give a dataset folder or annotation file")
-    ultra = str(model).lower().endswith(_ULTRALYTICS_SUFFIXES)   # an ultralytics yaml / checkpoint is the model itself
+    ultra = str(model).lower().endswith(ULTRALYTICS_SUFFIXES)   # an ultralytics yaml / checkpoint is the model itself
     if weights is None and not ultra:
         if any(v is not None for v in (num_classes, min_size, max_size, score_thresh)):
             raise ValueError("--num-classes / --min-size / --max-size / --score-thresh describe a trained model: give --weights too")
