@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import to_device, progress_bars
+from .progress import to_device, progress_bars
 from .detectors import as_detector, Detector
 
 BETA = 0.98  # smoothing of fastai's Recorder / AvgSmoothLoss
@@ -406,6 +406,8 @@ def _colors()->list:
     import matplotlib.pyplot as plt
     return plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
+
+# %% ../nbs/05_lr_find.ipynb #4936bf4f
 @dataclass
 class LRFindResult:
     "An LR range test: the recorded curve, fastai's four suggestions on it, why it stopped, and the other repeats"
@@ -449,36 +451,6 @@ class LRFindResult:
                 f"{k}={f[k].min():.1e}..{f[k].max():.1e}" for k in f.columns)
         return out
 
-    def _plot_curve(self, ax, skip_end:int):
-        runs, colors = self.runs or [self], _colors()
-        for i, r in enumerate(runs):
-            ax.plot(_cut(r.lrs, skip_end), _cut(r.smoothed, skip_end), color="C0" if i == 0 else "0.6",
-                    lw=1.8 if i == 0 else .9, zorder=3 if i == 0 else 2,
-                    label="smoothed loss" if i == 0 else ("other repeats" if i == 1 else None))
-        ax.plot(_cut(self.lrs, skip_end), _cut(self.losses, skip_end), color="C0", alpha=.25, lw=.8, label="raw loss")
-        for (name, lr), c, mk in zip(self.suggestions.items(), colors[1:], "osD^"):
-            for i, r in enumerate(runs):
-                x, y = _on_curve(r, name, skip_end)
-                if x is None: continue
-                what = f"{name} {x:.1e}" + (" (a tenth of the lowest loss's lr)" if name == "minimum" else "")
-                style = dict(color=c, alpha=1 if i == 0 else .6, zorder=4, label=what if i == 0 else None)
-                if y is None: ax.axvline(x, ls="--", lw=1.2 if i == 0 else .8, **style)   # beyond the drawn curve
-                else: ax.plot(x, y, mk, ms=(11, 7, 6, 7)["osD^".index(mk)] * (1 if i == 0 else .5), mec="w", mew=.6, **style)
-        y = _cut(self.smoothed, skip_end)
-        y = y[np.isfinite(y)]
-        if len(y): ax.set_ylim(y.min() - .05 * np.ptp(y), y.max() + .1 * np.ptp(y) + 1e-6)
-        more = f", {len(runs)} repeats" if len(runs) > 1 else ""
-        ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title=f"LR range test ({len(self.lrs)} steps, {self.stopped}{more})")
-        ax.legend(fontsize=8)
-
-    def _plot_components(self, ax, skip_end:int):
-        for j, k in enumerate(self.components):
-            for i, r in enumerate(self.runs or [self]):
-                ax.plot(_cut(r.lrs, skip_end), _cut(_smooth_np(r.components[k]), skip_end), color=f"C{j}",
-                        alpha=1 if i == 0 else .35, lw=1.6 if i == 0 else .8, label=k if i == 0 else None)
-        ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed loss (unweighted)", title="loss components")
-        ax.legend(fontsize=8)
-
     def plot(self,
              components:bool=True,   # add a panel with each loss-dict component (when there are any)
              skip_end:int=5,         # leave out the last points, as fastai's plot
@@ -487,10 +459,45 @@ class LRFindResult:
         import matplotlib.pyplot as plt
         two = components and bool(self.components)
         fig, axs = plt.subplots(1, 1 + two, figsize=figsize or ((12, 4.2) if two else (6.5, 4.2)), squeeze=False)
-        self._plot_curve(axs[0, 0], skip_end)
-        if two: self._plot_components(axs[0, 1], skip_end)
+        _plot_curve(self, axs[0, 0], skip_end)
+        if two: _plot_components(self, axs[0, 1], skip_end)
         fig.tight_layout()
         return fig
+
+
+# %% ../nbs/05_lr_find.ipynb #d346a7a4
+def _plot_curve(res:LRFindResult, ax, skip_end:int):
+    "The smoothed curve of every repeat, the raw loss faintly, and each repeat's suggestions on it"
+    runs, colors = res.runs or [res], _colors()
+    for i, r in enumerate(runs):
+        ax.plot(_cut(r.lrs, skip_end), _cut(r.smoothed, skip_end), color="C0" if i == 0 else "0.6",
+                lw=1.8 if i == 0 else .9, zorder=3 if i == 0 else 2,
+                label="smoothed loss" if i == 0 else ("other repeats" if i == 1 else None))
+    ax.plot(_cut(res.lrs, skip_end), _cut(res.losses, skip_end), color="C0", alpha=.25, lw=.8, label="raw loss")
+    for (name, lr), c, mk in zip(res.suggestions.items(), colors[1:], "osD^"):
+        for i, r in enumerate(runs):
+            x, y = _on_curve(r, name, skip_end)
+            if x is None: continue
+            what = f"{name} {x:.1e}" + (" (a tenth of the lowest loss's lr)" if name == "minimum" else "")
+            style = dict(color=c, alpha=1 if i == 0 else .6, zorder=4, label=what if i == 0 else None)
+            if y is None: ax.axvline(x, ls="--", lw=1.2 if i == 0 else .8, **style)   # beyond the drawn curve
+            else: ax.plot(x, y, mk, ms=(11, 7, 6, 7)["osD^".index(mk)] * (1 if i == 0 else .5), mec="w", mew=.6, **style)
+    y = _cut(res.smoothed, skip_end)
+    y = y[np.isfinite(y)]
+    if len(y): ax.set_ylim(y.min() - .05 * np.ptp(y), y.max() + .1 * np.ptp(y) + 1e-6)
+    more = f", {len(runs)} repeats" if len(runs) > 1 else ""
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title=f"LR range test ({len(res.lrs)} steps, {res.stopped}{more})")
+    ax.legend(fontsize=8)
+
+def _plot_components(res:LRFindResult, ax, skip_end:int):
+    "Each loss-dict component, smoothed the same way, of every repeat"
+    for j, k in enumerate(res.components):
+        for i, r in enumerate(res.runs or [res]):
+            ax.plot(_cut(r.lrs, skip_end), _cut(_smooth_np(r.components[k]), skip_end), color=f"C{j}",
+                    alpha=1 if i == 0 else .35, lw=1.6 if i == 0 else .8, label=k if i == 0 else None)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed loss (unweighted)", title="loss components")
+    ax.legend(fontsize=8)
+
 
 # %% ../nbs/05_lr_find.ipynb #baf81e22
 def _is_fastai_learner(o)->bool:

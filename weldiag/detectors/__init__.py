@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/01c_detectors.ipynb #ebfae3c0
+# %% ../../nbs/01c_detectors.ipynb #bccdf8f5
 from .base import (Detector, FAMILIES, register, as_detector, unwrap, learner_of, module_at,
                                     detector_parts, label_offset)
 from .torchvision import TorchvisionDetector, transform_geometry, anchors_from_generator
