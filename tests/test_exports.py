@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from weldiag.data import load_dataset, weld_sample, write_coco, write_labelme, write_voc, _g
+from weldiag.data import load_dataset, weld_sample, write_coco, write_labelme, write_voc
+from weldiag.data.writers import _g
 
 NEU = Path(__file__).resolve().parents[2] / "shared" / "data" / "neu-det"
 SPLITS = (("train", slice(0, 70)), ("valid", slice(70, 90)), ("test", slice(90, None)))
