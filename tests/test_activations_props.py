@@ -75,7 +75,7 @@ def _ref_row(t, r, bins=40, near_zero=1e-2):
        batch=st.integers(1, 2_000), seed=st.integers(0, 10_000))
 def test_batched_histograms_land_in_their_step(steps, n_keys, flush_every, batch, seed):
     "Histograms computed for several steps at once (`_HIST_BATCH`) go to the right (step, stream), whatever the layout."
-    import weldiag.activations as A
+    import weldiag.activations.ring as A
     saved, A._HIST_BATCH = A._HIST_BATCH, batch
     try: _check_batched(steps, n_keys, flush_every, seed)
     finally: A._HIST_BATCH = saved
@@ -105,7 +105,7 @@ def _check_batched(steps, n_keys, flush_every, seed):
 def test_c_kernel_is_built():
     "On a machine with a C compiler the fast path must be there (else the benchmarks would measure the fallback)."
     import shutil
-    import weldiag.activations as A
+    import weldiag.activations.ring as A
     if shutil.which("cc") is None and shutil.which("gcc") is None: return
     assert A._cstats is not None, "weldiag._cstats was not built: run `pip install -e .` with a C compiler"
 
@@ -116,7 +116,7 @@ def test_c_kernel_is_built():
        bad=st.integers(0, 3), seed=st.integers(0, 10_000))
 def test_c_kernel_matches_torch_path(sizes, steps, signed, sample, scale, bad, seed):
     "The C fast path writes the same rows as the torch path: counts, min, max, near-zero and histograms exactly."
-    import weldiag.activations as A
+    import weldiag.activations.ring as A
     if A._cstats is None: return
     g = torch.Generator().manual_seed(seed)
     plan = []
@@ -172,7 +172,7 @@ def test_counts_beyond_float32_are_exact():
 
 def test_c_path_with_float64_default_dtype():
     "A fixed `hist_range` under a float64 default dtype still gives the float32 range the C path needs."
-    import weldiag.activations as A
+    import weldiag.activations.ring as A
     if A._cstats is None: return
     saved_dtype, kernel = torch.get_default_dtype(), _Counting(A._cstats)
     saved, A._cstats = A._cstats, kernel

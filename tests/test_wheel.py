@@ -67,7 +67,7 @@ def test_installed_wheel_loads_sample_offline(wheel, tmp_path):
         a, t, v = weld_sample("all"), weld_sample("train"), weld_sample("val")
         from weldiag.models import sample_detector
         assert sample_detector().head.classification_head.num_classes == 4   # the shipped weights load from the wheel
-        import weldiag.activations as A
+        import weldiag.activations.ring as A
         assert A._cstats is None or Path(A._cstats.__file__).resolve().is_relative_to(Path({str(env_dir)!r}).resolve())
         print(len(a), a.n_boxes, len(t), t.n_boxes, len(v), v.n_boxes, ",".join(a.classes), weldiag.__file__)
         """)
