@@ -62,22 +62,13 @@ def _base(mod:str, is_pkg:bool, node:ast.ImportFrom)->str:
     return ".".join(pkg + ([node.module] if node.module else []))
 
 
-def _runtime_nodes(tree):
-    "Every node, except those under `if TYPE_CHECKING:` (annotations only: never imported at run time)"
-    skip = set()
-    for n in ast.walk(tree):
-        if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test):
-            skip |= {id(x) for b in n.body for x in ast.walk(b)}
-    return [n for n in ast.walk(tree) if id(n) not in skip]
-
-
 def imports(mods:dict)->list:
-    "(importer, imported module, name or None, line) for every weldiag import run at import or call time"
+    "(importer, imported module, name or None, line) for every weldiag import, in-function ones included"
     known = set(mods) | {"weldiag._cstats"}
     out = []
     for mod, text in mods.items():
         is_pkg = (PKG.parent / Path(*mod.split(".")) / "__init__.py").exists()
-        for node in _runtime_nodes(ast.parse(text)):
+        for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.Import):
                 out += [(mod, a.name, None, node.lineno) for a in node.names if a.name.split(".")[0] == "weldiag"]
             elif isinstance(node, ast.ImportFrom):

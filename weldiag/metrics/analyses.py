@@ -5,7 +5,6 @@
 # %% ../../nbs/06d_eval_analyses.ipynb #137300e1
 from __future__ import annotations
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
@@ -13,7 +12,7 @@ import matplotlib.pyplot as plt
 
 from .coco import coco_iou, xywh
 from .voc import voc_iou, key_pairs
-if TYPE_CHECKING: from weldiag.metrics.report import EvalReport   # annotations only: the report imports this module
+
 
 
 # %% auto #0

@@ -5,7 +5,6 @@
 # %% ../../nbs/06f_eval_galleries.ipynb #78e54ac8
 from __future__ import annotations
 from pathlib import Path
-from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
@@ -13,7 +12,7 @@ import matplotlib.pyplot as plt
 from ..data import show_image, draw_boxes, panel_columns, class_patches, to_numpy_image
 from .analyses import score_threshold
 from .tide import ERROR_SHORT, ErrorBreakdown
-if TYPE_CHECKING: from weldiag.metrics.report import EvalReport   # annotations only: the report imports this module
+
 
 
 # %% auto #0

@@ -5,7 +5,6 @@
 # %% ../../nbs/06e_eval_tide.ipynb #b8f87c20
 from __future__ import annotations
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
@@ -15,7 +14,7 @@ from .inputs import Boxes, single_thread
 from .coco import REC_THRS, pr_at_recall
 from .voc import voc_ap
 from .analyses import nanmean, pct, colors, image_pairs
-if TYPE_CHECKING: from weldiag.metrics.report import EvalReport   # annotations only: the report imports this module
+
 
 
 # %% auto #0
