@@ -19,7 +19,7 @@ from .gt_table import gt_columns, bucket
 
 # %% auto #0
 __all__ = ['ASSIGN_STATUSES', 'HARD_STATUSES', 'ASSIGN_COLORS', 'anchor_points', 'candidates', 'Assignability', 'assignability',
-           'plot_assignability', 'plot_assign_gallery', 'min_image_size']
+           'plot_assignability', 'plot_assign_gallery', 'min_image_size', 'assignability_by_branch', 'branch_table']
 
 # %% ../nbs/03b_assign.ipynb #c7379ad1
 ASSIGN_STATUSES = ("no candidate", "candidates outside the box", "beyond DFL range", "candidates all shared", "assignable")
@@ -31,7 +31,7 @@ def anchor_points(det, image_size:int=None)->tuple:
     return as_detector(det).anchor_points(image_size)
 
 def candidates(
-    det,                 # the model's adapter: its assigner's candidate rule (`candidate_mask`) and `reg_max`
+    det,                 # the model's adapter: its assigner's candidate rule (`candidate_mask`) and `box_reach`
     points,              # (A, 2) anchor points, input pixels
     stride,              # (A,) stride of each point
     gt,                  # (G, 4) xyxy GT boxes of one image, input pixels
@@ -39,13 +39,14 @@ def candidates(
     "Per (GT, point) masks: `cand` (the assigner's rule), `inside` (in the real box), `shared`, `in_range`"
     G = len(gt)
     if not G: return {k: torch.zeros(0, len(points), dtype=torch.bool) for k in ("cand", "inside", "shared", "in_range")}
-    cand, reg_max = det.candidate_mask(points, gt), det.reg_max   # DFL: a side at most `reg_max - 1 - 0.01` strides away
+    cand, reach = det.candidate_mask(points, gt), det.box_reach   # DFL: a side at most `reg_max - 1 - 0.01` strides away
     eps = 1e-9   # the assigner's own strictness
     x, y = points[:, 0], points[:, 1]
     d = torch.stack([x - gt[:, 0, None], y - gt[:, 1, None], gt[:, 2, None] - x, gt[:, 3, None] - y], -1)   # (G, A, 4)
     inside = (d > eps).all(-1)
     shared = cand & (cand.sum(0, keepdim=True) > 1)
-    in_range = (d / stride[None, :, None]).amax(-1) <= reg_max - 1 - 0.01
+    # no DFL (`reg_max == 1`, YOLO26): the distances are regressed directly, no range bounds them
+    in_range = (d / stride[None, :, None]).amax(-1) <= reach if reach is not None else torch.ones_like(cand)
     return {"cand": cand, "inside": inside, "shared": shared, "in_range": in_range}
 
 def _status(m:dict)->tuple:
@@ -65,7 +66,7 @@ class Assignability:
     frame:pd.DataFrame       # one row per GT, dataset order
     image_size:int           # the square letterbox side
     classes:list
-    rule:dict                # the assigner's parameters (topk, alpha, beta, stride_val) and reg_max, strides
+    rule:dict                # the assigner's parameters (topk, topk2, alpha, beta, stride_val), reg_max, strides, branch
     ds:DetectionDataset = field(repr=False)
     source:str = ""
     anchor_free = True       # the anchor-free counterpart of `Coverage`
@@ -110,20 +111,22 @@ class Assignability:
                 + ", ".join(f"{s} {int(counts.get(s, 0))}" for s in ASSIGN_STATUSES) + ")")
     def _repr_html_(self): return f"<p>{repr(self)}</p>" + self.summary("class").to_html()
 
-
 # %% ../nbs/03b_assign.ipynb #e1854465
 def assignability(
     model,                   # an ultralytics YOLO / DetectionModel (or its `UltralyticsDetector`)
     ds:DetectionDataset,     # GT boxes in original image pixels
     image_size:int=None,     # the training `imgsz` (default: the adapter's)
+    branch:str=None,         # two-branch heads (YOLO26): 'one2many' or 'one2one' (default: the adapter's, the one that predicts)
 )->Assignability:
     "Per GT: candidate anchor points under the model's own assigner, and the first reason it cannot get a positive"
     det = copy.copy(as_detector(model))   # a copy: the caller's adapter keeps its own imgsz
     if not det.anchor_free:
         raise ValueError(f"assignability: {det.name} is not an anchor-free YOLO; use `coverage` for anchor-based detectors")
     if image_size is not None: det.image_size = int(image_size)
+    if branch is not None: det = det.with_branch(branch)
     if not len(ds): raise ValueError("assignability: the dataset has no images")
     asg, S = det.assigner(), det.image_size
+    topk = int(getattr(asg, "topk2", None) or asg.topk)   # positives the assigner keeps per GT at most (one-to-one: 1)
     pts, stride, level = anchor_points(det, S)
     L, names, rows = len(det.strides), [det.level_name(i) for i in range(len(det.strides))], []
     items = []
@@ -134,13 +137,14 @@ def assignability(
         (n_c, n_in, n_range, n_ok), status = _status(m)
         per_level = torch.stack([m["cand"][:, level == l].sum(1) for l in range(L)], 1) if len(b) else torch.zeros(0, L, dtype=torch.long)
         rows.append(pd.DataFrame({"n_candidates": n_c.numpy(), "n_inside": n_in.numpy(), "n_in_range": n_range.numpy(),
-                                  "n_assignable": n_ok.numpy(), "status": status,
+                                  "n_assignable": n_ok.numpy(), "max_positives": n_range.clamp(max=topk).numpy(), "status": status,
                                   **{f"candidates[{n}]": per_level[:, l].numpy() for l, n in enumerate(names)}}))
     cols = gt_columns(items, (S, S), ds.classes)
     frame = pd.concat([pd.DataFrame(cols), pd.concat(rows, ignore_index=True)], axis=1)
-    rule = dict(topk=int(asg.topk), alpha=float(asg.alpha), beta=float(asg.beta), stride_val=float(getattr(asg, "stride_val", 0)),
-                reg_max=det.reg_max, strides=det.strides)
-    return Assignability(frame, S, list(ds.classes), rule, ds, f"{det.name} ({det.head_name})")
+    rule = dict(topk=int(asg.topk), topk2=topk, alpha=float(asg.alpha), beta=float(asg.beta),
+                stride_val=float(getattr(asg, "stride_val", 0)), reg_max=det.reg_max, strides=det.strides, branch=det.branch)
+    src = f"{det.name} ({det.head_name}" + (f", {det.branch} branch)" if det.branch else ")")
+    return Assignability(frame, S, list(ds.classes), rule, ds, src)
 
 # %% ../nbs/03b_assign.ipynb #3a7a1f83
 def plot_assignability(a:Assignability, figsize=(14, 4.2)):
@@ -199,12 +203,29 @@ def min_image_size(
     ds:DetectionDataset,        # GT boxes in original pixels
     target:float=0.99,          # share of GTs that must be reachable
     sizes=range(128, 1281, 32), # imgsz values tried, in order
+    branch:str=None,            # two-branch heads (YOLO26): the branch whose assigner decides (default: the predicting one)
 )->tuple:                       # (smallest imgsz reaching `target` or None, DataFrame of the shares per size)
     "The smallest `imgsz` at which `target` of the GTs are reachable (a usable candidate, shared or not)"
     rows = {}
     for s in sizes:
-        a = assignability(model, ds, s)
+        a = assignability(model, ds, s, branch)
         rows[s] = {"reachable": a.reachable(), "assignable": a.share()}
         if rows[s]["reachable"] >= target: break
     else: s = None
     return s, pd.DataFrame(rows).T.rename_axis("imgsz")
+
+# %% ../nbs/03b_assign.ipynb #011e5309
+def assignability_by_branch(
+    model,                   # an ultralytics YOLO / DetectionModel (or its adapter) with a two-branch head (YOLO26)
+    ds:DetectionDataset,     # GT boxes in original image pixels
+    image_size:int=None,     # the training `imgsz` (default: the adapter's)
+)->dict:                     # branch -> Assignability ({None: ...} for a one-branch head)
+    "`assignability` under each branch's own assigner: both are trained, with their own top-k (one-to-one keeps 1 per GT)"
+    det = as_detector(model)
+    return {b: assignability(det, ds, image_size, b) for b in (det.branches or (None,))}
+
+def branch_table(by_branch:dict)->pd.DataFrame:
+    "One row per branch: the assigner's topk / topk2, reachable and assignable shares, mean positives a GT can get"
+    return pd.DataFrame({b: {"topk": a.rule["topk"], "topk2": a.rule["topk2"], "reachable": round(a.reachable(), 4),
+                             "assignable": round(a.share(), 4), "mean max positives": round(float(a.frame["max_positives"].mean()), 2)}
+                         for b, a in by_branch.items()}).T.rename_axis("branch").astype({"topk": int, "topk2": int})

@@ -80,7 +80,8 @@ def build_parser()->argparse.ArgumentParser:
                    "diagnosing the trained sample RetinaNet (then --epochs / --image-size set its training)")
     m.set_defaults(fn=_demo)
     r = sub.add_parser("report", help="the demo's report for your own dataset")
-    r.add_argument("--data", required=True, help="dataset folder or file (any format the readers accept)")
+    r.add_argument("--data", default=None, help="dataset folder or file (any format the readers accept); "
+                   "default: the bundled LoHi-WELD weld sample")
     _add_detector_args(r, None)
     _add_weights_args(r)
     r.add_argument("--split", default="val", choices=["val", "valid", "train", "test"], help="the split evaluated and drawn")

@@ -14,6 +14,7 @@ from ..spec import ssd_grid_anchors
 from ..data import weld_sample, load_dataset
 from ..detectors import as_detector, ULTRALYTICS_SUFFIXES
 from ..load import load_detector
+from ..assign import assignability_by_branch, branch_table
 from .compute import coverage, yolo_bpr
 
 # %% auto #0
@@ -71,6 +72,9 @@ def coverage_command(
         for by in (None, "class", "coco", "size", "aspect"): print(f"\n{cov.summary(by).to_string()}")
         print(f"\n{cov.level_summary().to_string()}")
     free = cov.anchor_free   # an anchor-free YOLO: assignability, no anchor shapes
+    by_branch = assignability_by_branch(target, ds) if free and cov.rule.get("branch") else {}   # YOLO26: both branches
+    if by_branch: print(f"\nper branch, each with its own assigner (inference reads the {cov.rule['branch']} branch):\n"
+                        f"{branch_table(by_branch).to_string()}")
     if not free: print(f"\nYOLOv5 shape-only check of these anchors: {yolo_bpr(cov, next(iter(cov.anchors.values())))}")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     files = [out / "coverage.png", out / "missed_gallery.png"] + ([] if free else [out / "location.png"])
@@ -81,7 +85,7 @@ def coverage_command(
     if not free: cov.plot_location().figure.savefig(files[-1], dpi=110, bbox_inches="tight")
     plt.close("all")
     s = {"model": model, "weights": str(weights) if weights else None, "dataset": "weld_sample" if sample else str(path),
-         **coverage_summary(cov)}
+         **coverage_summary(cov)} | ({"branches": {b: a.to_summary() for b, a in by_branch.items()}} if by_branch else {})
     (out / "summary.json").write_text(json.dumps(s, indent=2))
     files.append(out / "summary.json")
     print("\nwrote " + ", ".join(map(str, files)))

@@ -40,6 +40,9 @@ class _Anchors:
     "Interface, anchors: the model's anchors and matching rule, or (anchor-free) its anchor points and assigner"
     anchor_path = None        # attribute path of the anchor generator, for the snippet that installs new anchors
     anchor_free = False       # no anchor shapes: an assigner picks anchor points (`anchor_points`, `candidate_mask`)
+    branches = ()             # names of the head's separately assigned branches (YOLO26: 'one2many', 'one2one'); () for one
+    branch = None             # the branch this adapter reads (head, assigner, loss); None for single-branch heads
+    box_reach = None          # furthest a box side may lie from its anchor point, in strides (DFL bins); None: no bound
 
     def anchors(self, image_hw, padded:bool=False):
         "The model's anchors for an `image_hw` image (`padded`: `image_hw` is already the input tensor size)."
@@ -61,6 +64,9 @@ class _Anchors:
     def assigner(self):
         "The assigner object inside the model's own loss (anchor-free families)"
         raise ValueError(f"{self.name}: weldiag knows no assigner of this model")
+    def with_branch(self, branch:str):
+        "A copy of this adapter reading `branch` of a two-branch head (`branches`)"
+        raise ValueError(f"{self.name}: the head has one branch; no branch {branch!r}")
 
 # %% ../../nbs/01d_det_base.ipynb #f8195321
 class _Head:

@@ -53,6 +53,7 @@ def predict(
                 b = b * torch.tensor([W / w, H / h, W / w, H / h], dtype=b.dtype, device=b.device)
                 r = recs[i]; t = {"boxes": r.boxes, "labels": r.labels}
                 if r.difficult is not None: t["difficult"] = r.difficult
-            preds.append({"boxes": b, "scores": o["scores"][keep], "labels": o["labels"][keep]})
+            preds.append({"boxes": b, "scores": o["scores"][keep], "labels": o["labels"][keep]}
+                         | ({"dropped": o["dropped"]} if "dropped" in o else {}))   # boxes the adapter could not keep
             targets.append(t)
     return preds, targets

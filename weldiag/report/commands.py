@@ -47,7 +47,7 @@ def demo_command(
     return _command(None, out, device, epochs, image_size, model, fast, trained=trained)
 
 def report_command(
-    data,                     # dataset folder or annotation file (YOLO, VOC, COCO, labelme)
+    data=None,                # dataset folder or annotation file (YOLO, VOC, COCO, labelme); None: the bundled weld sample
     out="weldiag-report",
     device:str="auto",
     epochs:int=None,          # without weights: training epochs (default 3); with weights: fine-tuning epochs (default 0)
@@ -62,8 +62,7 @@ def report_command(
     score_thresh:float=None,  # with weights: lowest score your model's postprocess keeps (default: the builder's, 0.05)
     strict:bool=False,        # stop at the first bad annotation (default: skip them and list them in the report)
 )->int:
-    "CLI `weldiag report --data PATH [--model ARCH --weights CKPT]`: the demo's report for your own data and model"
-    if data is None: raise ValueError("--data: give a dataset folder or annotation file")
+    "CLI `weldiag report [--data PATH] [--model ARCH --weights CKPT]`: the demo's report for your own data and model"
     ultra = str(model).lower().endswith(ULTRALYTICS_SUFFIXES)   # an ultralytics yaml / checkpoint is the model itself
     if weights is None and not ultra:
         if any(v is not None for v in (num_classes, min_size, max_size, score_thresh)):

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/08d_report_pipeline.ipynb #46d397dc
 from __future__ import annotations
-import copy, json, time
+import copy, json, time, traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -77,12 +77,18 @@ def _own_model(model, classes:list, dev, epochs:int):
     return (copy.deepcopy(det.model) if epochs else det.model).to(dev)
 
 def _run_step(run:Run, label:str, step, strict:bool):
-    "Run one step; a ValueError (a condition of the data or model it cannot work with) becomes a note in the report"
+    """Run one step. Any exception becomes an "unavailable" note with its reason and the rest of the report goes on
+    (`strict`: re-raised). A ValueError is a condition of the data or model the step cannot work with; anything else is
+    named with its type and the line it came from, to report as a bug."""
     try: step(run)
-    except ValueError as e:
+    except Exception as e:
         if strict: raise
-        run.report.unavailable(label[:1].upper() + label[1:], f"{e}. The rest of the report does not depend on it.")
-        run.summary.setdefault("unavailable", {})[label] = str(e)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, ValueError):
+            tb = traceback.extract_tb(e.__traceback__)[-1]
+            why = f"{type(e).__name__}: {why} (at {Path(tb.filename).name}:{tb.lineno}; please report it)"
+        run.report.unavailable(label[:1].upper() + label[1:], f"{why}. The rest of the report does not depend on it.")
+        run.summary.setdefault("unavailable", {})[label] = why
         plt.close("all")
 
 # %% ../../nbs/08d_report_pipeline.ipynb #0dbf7961

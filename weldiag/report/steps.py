@@ -17,6 +17,7 @@ from ..data import (DetectionDataset, DetectionTorchDataset, detection_collate, 
 from ..models import train_detector
 from ..detectors import as_detector
 from ..anchors import coverage, suggest_anchors
+from ..assign import assignability_by_branch, branch_table
 from ..lr_find import lr_find
 from ..activations import ActivationStats
 from ..metrics import evaluate, predict
@@ -123,6 +124,24 @@ def _assign_section(run:Run, a):
     if g is not None: rep.figure(g, "assign_gallery", "The smallest GTs the assigner cannot use, on their images, with the "
                                  "anchor points of the finest grid.", photo=True)
     run.summary["coverage"] = {"reachable": round(a.reachable(), 4), "assignable": round(a.share(), 4), "imgsz": a.image_size}
+    if a.rule.get("branch"): _branch_section(run, a)
+
+def _branch_section(run:Run, a):
+    "Two-branch heads (YOLO26): each branch's own assigner, and how the loss weighs the branches over the epochs"
+    rep, det = run.report, as_detector(run.model)
+    by = assignability_by_branch(det, run.train, a.image_size)
+    w, epochs = det.branch_weights(), int(getattr(getattr(det.branch_criterion(), "hyp", None), "epochs", 0) or 0)
+    late = det.branch_weights(epochs - 1) if epochs > 1 else {}
+    rep.text(f"This head trains two branches on the same features: one-to-many (several positives per GT, read with NMS) "
+             f"and one-to-one (one positive per GT, read without NMS when the model is set end-to-end). Inference reads the "
+             f"{a.rule['branch']} branch. The loss weighs them {w.get('one2many', 0):.2f} / {w.get('one2one', 0):.2f} now"
+             + (f", {late['one2many']:.2f} / {late['one2one']:.2f} in the last of its {epochs} epochs" if late else "")
+             + " (the installed ultralytics' own decay).")
+    rep.table(branch_table(by), "Per branch, each with its own assigner: top-k, the share of GTs it can reach, and the mean "
+              "number of positives a GT can get (at most top-k2 of its usable candidates).")
+    run.summary["coverage"]["branches"] = {b: {"reachable": round(x.reachable(), 4), "assignable": round(x.share(), 4),
+                                               "topk": x.rule["topk"], "topk2": x.rule["topk2"]} for b, x in by.items()}
+    run.summary["coverage"]["branch_weights"] = w
 
 def _suggest_anchors(run:Run):
     "Anchor shapes fitted to the training boxes on the model's own grids (k-means + evolution)"
@@ -259,6 +278,9 @@ def eval_step(run:Run):
     ev = evaluate(preds, targets, classes=run.classes)
     s = ev.summary()
     rep.cards({k: float(s[k]) for k in ("AP", "AP50", "AP75") if k in s} | {"detections": n_det})
+    dropped = int(sum(p.get("dropped", 0) for p in preds))   # e.g. inverted boxes of a head without DFL (YOLO26)
+    if dropped: rep.note(f"{dropped} predicted boxes had x2 < x1 or y2 < y1 (a head that regresses the four distances "
+                         "directly can predict a negative one) and were left out of the evaluation.", "warn")
     if ev.map < 0.05 and not run.cfg.trained: rep.note(f"mAP {ev.map:.3f}: a randomly initialised detector after {len(run.history)} CPU training "
                                "steps finds little yet. The plots below still show where it stands; train longer "
                                "(more epochs, on a GPU) before judging the anchors or the data.", "warn")
@@ -276,7 +298,8 @@ def eval_step(run:Run):
                "error type costs; fix the largest first.")
     _worst_images(run, ev, cm.score_thr, how)
     run.summary["evaluation"] = {k: float(v) for k, v in s.items()} | {"ap_per_class": {run.classes[k]: float(v)
-                                 for k, v in ev.ap.items()}, "detections": n_det, "best_f1_score_thr": cm.score_thr}
+                                 for k, v in ev.ap.items()}, "detections": n_det, "best_f1_score_thr": cm.score_thr,
+                                 "dropped_boxes": dropped}
 
 # %% ../../nbs/08c_report_steps.ipynb #f8f3ed82
 WORST_KINDS = {"missed": "the most missed ground-truth boxes", "fp": "the most false positives",
