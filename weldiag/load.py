@@ -88,8 +88,8 @@ def _load_ultralytics(arch:str, weights, num_classes:int, score_thresh:float, im
         if num_classes is not None and as_detector(model).num_classes != num_classes:
             raise ValueError(f"--model {arch}: the checkpoint has {as_detector(model).num_classes} classes, not {num_classes}")
     else: model = load_ultralytics_model(arch, num_classes)
-    if as_detector(model).family != "ultralytics":
-        raise ValueError(f"--model {arch}: not a detection model (no anchor-free Detect head)")
+    if not as_detector(model).family.startswith("ultralytics"):
+        raise ValueError(f"--model {arch}: not a detection model (no anchor-free Detect head, no RT-DETR decoder)")
     if score_thresh is not None: model.weldiag_score_thresh = float(score_thresh)
     if image_size is not None: model.weldiag_image_size = int(image_size)
     return model.eval()

@@ -13,4 +13,5 @@ from .yolov5 import YoloV5Detector, is_yolo_detect
 from .fastai_ssd import FastaiSSDDetector, is_fastai_outconv
 from .ultralytics import (UltralyticsDetector, ULTRALYTICS_SUFFIXES, is_anchor_free_detect, is_ultralytics,
                                            ultralytics_import, load_ultralytics_model)
+from .rtdetr import RTDETRDetector, is_rtdetr_decoder
 from ..spec import InputGeometry, letterbox_geometry   # today's import paths

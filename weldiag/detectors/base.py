@@ -43,10 +43,14 @@ class _Anchors:
     branches = ()             # names of the head's separately assigned branches (YOLO26: 'one2many', 'one2one'); () for one
     branch = None             # the branch this adapter reads (head, assigner, loss); None for single-branch heads
     box_reach = None          # furthest a box side may lie from its anchor point, in strides (DFL bins); None: no bound
+    query_based = False       # DETR-style: no anchors and no assigner; queries picked from per-location encoder scores
 
     def anchors(self, image_hw, padded:bool=False):
         "The model's anchors for an `image_hw` image (`padded`: `image_hw` is already the input tensor size)."
         if self._anchors is not None: return self._anchors
+        if self.query_based:
+            raise ValueError(f"{self.name}: a query-based detector (DETR family) has no anchors to cover the boxes; "
+                             "its queries come from the encoder's per-location scores (see the probability maps)")
         raise ValueError(f"{self.name}: weldiag does not know this detector's anchors; pass an AnchorSet "
                          "(e.g. `as_detector(model, anchors=yolo_anchors(...))` or `coverage(anchor_set, ds)`)")
     def matcher(self):

@@ -14,8 +14,8 @@ from ..spec import InputGeometry, HeadSpec, hw_pair, letterbox_geometry
 from .base import Detector, register, module_at
 
 # %% auto #0
-__all__ = ['ULTRALYTICS_SUFFIXES', 'is_anchor_free_detect', 'is_ultralytics', 'ultralytics_import', 'UltralyticsDetector',
-           'load_ultralytics_model']
+__all__ = ['ULTRALYTICS_SUFFIXES', 'is_anchor_free_detect', 'is_ultralytics', 'ultralytics_import', 'ultralytics_criterion',
+           'UltralyticsDetector', 'load_ultralytics_model']
 
 # %% ../../nbs/01h_det_ultralytics.ipynb #1cd175ce
 def is_anchor_free_detect(m:nn.Module)->bool:
@@ -30,6 +30,17 @@ def ultralytics_import(what:str):
     mod, _, name = what.rpartition(".")
     try: return getattr(importlib.import_module(mod), name)
     except ImportError: raise ValueError(f"this needs ultralytics: pip install 'weldiag[ultralytics]'") from None
+
+def ultralytics_criterion(model:nn.Module, nc:int):
+    "The model's own loss object, built as ultralytics' trainer builds it: its `args` (else ultralytics' defaults) and `nc` set first"
+    a = getattr(model, "args", None)
+    if a is None or isinstance(a, dict) or not hasattr(a, "box"):
+        IterableSimpleNamespace, DEFAULT_CFG_DICT = (ultralytics_import("ultralytics.utils.IterableSimpleNamespace"),
+                                                     ultralytics_import("ultralytics.utils.DEFAULT_CFG_DICT"))
+        model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **(a if isinstance(a, dict) else {})})
+    if not hasattr(model, "nc"): model.nc = nc
+    if getattr(model, "criterion", None) is None: model.criterion = model.init_criterion()
+    return model.criterion
 
 # %% ../../nbs/01h_det_ultralytics.ipynb #c9875129
 class _UltralyticsHead:
@@ -86,18 +97,9 @@ class _UltralyticsHead:
 # %% ../../nbs/01h_det_ultralytics.ipynb #5ddc722c
 class _UltralyticsTraining:
     "ultralytics' training batch, its loss call, the criterion of each branch and the assigner inside it, with its anchor points"
-    def _ensure_args(self):
-        "The hyper-parameters the loss reads (`model.args.box` ...): the model's own, else ultralytics' defaults"
-        a = getattr(self.model, "args", None)
-        if a is not None and not isinstance(a, dict) and hasattr(a, "box"): return
-        IterableSimpleNamespace, DEFAULT_CFG_DICT = (ultralytics_import("ultralytics.utils.IterableSimpleNamespace"),
-                                                     ultralytics_import("ultralytics.utils.DEFAULT_CFG_DICT"))
-        self.model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **(a if isinstance(a, dict) else {})})
     def criterion(self):
         "The model's own loss object (`E2ELoss` for a two-branch head, `v8DetectionLoss` otherwise), built as ultralytics builds it"
-        self._ensure_args()
-        if getattr(self.model, "criterion", None) is None: self.model.criterion = self.model.init_criterion()
-        return self.model.criterion
+        return ultralytics_criterion(self.model, self.num_classes)
     def branch_criterion(self):
         "The loss of this adapter's branch: `E2ELoss.one2many` / `.one2one`, or the only one"
         crit = self.criterion()
@@ -263,8 +265,11 @@ def load_ultralytics_model(
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise ValueError(f"--model {arch}: ultralytics cannot load this checkpoint ({first})") from None
-    DetectionModel = ultralytics_import("ultralytics.nn.tasks.DetectionModel")
-    try: return DetectionModel(arch, nc=num_classes, verbose=False)
+    cfg = ultralytics_import("ultralytics.nn.tasks.yaml_model_load")
+    try: rtdetr = "RTDETRDecoder" in str(cfg(arch).get("head", ""))   # ultralytics' RT-DETR yamls: their own model class
+    except Exception: rtdetr = False
+    Model = ultralytics_import("ultralytics.nn.tasks." + ("RTDETRDetectionModel" if rtdetr else "DetectionModel"))
+    try: return Model(arch, nc=num_classes, verbose=False)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise ValueError(f"--model {arch}: not an ultralytics model yaml ultralytics can build ({first})") from None
