@@ -8,7 +8,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 # report section id -> the name the issue gives it
 SECTIONS = {"data": "data", "anchor-coverage": "coverage", "learning-rate": "lr-finder",
-            "fine-tuning-and-activations": "activations", "probability-maps": "probability maps", "evaluation": "evaluation"}
+            "fine-tuning-and-activations": "activations", "probability-maps": "probability maps", "evaluation": "evaluation",
+            "accept-reject": "accept / reject", "calibration": "calibration"}
 
 
 def weldiag(*args, timeout:float=600)->subprocess.CompletedProcess:
@@ -22,7 +23,7 @@ def weldiag(*args, timeout:float=600)->subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "report"
-    r = weldiag("demo", "--fast", "--device", "cpu", "--out", out)
+    r = weldiag("demo", "--fast", "--device", "cpu", "--recall", "0.9", "--out", out)
     assert r.returncode == 0, f"weldiag demo --fast failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return out, r
 
@@ -47,8 +48,16 @@ def test_demo_summary_and_files(demo):
     s = json.loads((out / "summary.json").read_text())
     missing = s.get("unavailable", {})
     assert not missing, f"parts of the demo missing: {missing}"
-    for key in ("data", "coverage", "lr_find", "training", "activations", "evaluation", "probability_maps", "timings_s"):
+    for key in ("data", "coverage", "lr_find", "training", "activations", "evaluation", "probability_maps", "timings_s",
+                "image_level", "operating_points", "calibration"):
         assert key in s, f"summary.json has no {key!r}"
+    # every val photograph has a defect: the image-level figures come from tiles, and the whole images say why not
+    il, cal = s["image_level"], s["calibration"]
+    assert il["on"] == "tiles" and "no good part" in il["images"]["undefined"], il["images"]
+    assert 0.5 < il["auroc"] <= 1 and 0 <= il["false_reject_rate"] <= 1 and il["recall_target"] == 0.9   # --recall 0.9
+    assert il["tiles"]["counts"]["good"] > 0 and set(il["tiles"]["at_recall"]) == {"0.99", "0.95", "0.9"}
+    assert il["threshold"] == il["tiles"]["at_recall"]["0.9"]["threshold"]
+    assert 0 < cal["ece"] < 1 and cal["recalibration"][cal["recalibration"]["best"]]["ece_after"] < cal["ece"]
     assert s["data"]["train_images"] == 80 and s["data"]["val_images"] == 20
     # the demo diagnoses the shipped detector: its val figures are the ones its detector.json quotes (same weights, data)
     from weldiag.models import sample_detector_info
@@ -109,6 +118,11 @@ def test_report_on_missing_path(tmp_path):
 def test_unknown_model(cmd, needle, tmp_path):
     "demo: argparse rejects the choice; report (whose --model also takes builder names with --weights): one line, exit 2"
     lines = _one_line_error(weldiag(*cmd, "--model", "yolo9000", "--out", tmp_path), needle)
+    assert len(lines) == 1, lines
+
+
+def test_bad_recall(tmp_path):
+    lines = _one_line_error(weldiag("demo", "--fast", "--recall", "1.5", "--out", tmp_path), "--recall 1.5: expected a share in (0, 1]")
     assert len(lines) == 1, lines
 
 

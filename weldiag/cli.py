@@ -24,11 +24,12 @@ def _coverage(a): return _call("anchors", "coverage_command", path=a.path, sampl
                                image_size=a.image_size, out=a.out, weights=a.weights, num_classes=a.num_classes,
                                min_size=a.min_size, max_size=a.max_size)
 def _demo(a): return _call("report", "demo_command", out=a.out, device=a.device, epochs=a.epochs,
-                           image_size=a.image_size, model=a.model, fast=a.fast, from_scratch=a.from_scratch)
+                           image_size=a.image_size, model=a.model, fast=a.fast, from_scratch=a.from_scratch,
+                           recall=a.recall)
 def _report(a): return _call("report", "report_command", data=a.data, out=a.out, device=a.device, epochs=a.epochs,
                              image_size=a.image_size, model=a.model, fast=a.fast, weights=a.weights,
                              num_classes=a.num_classes, min_size=a.min_size, max_size=a.max_size, split=a.split,
-                             score_thresh=a.score_thresh, strict=a.strict)
+                             score_thresh=a.score_thresh, strict=a.strict, recall=a.recall)
 
 # %% ../nbs/09_cli.ipynb #244d6a7f
 def _add_detector_args(p, models):
@@ -41,6 +42,8 @@ def _add_detector_args(p, models):
                          help="retinanet, ssdlite or fcos (a small one trained here); with --weights any torchvision "
                               "detection builder, e.g. fasterrcnn_mobilenet_v3_large_fpn")
     p.add_argument("--fast", action="store_true", help="a smoke-test run under a minute on a CPU")
+    p.add_argument("--recall", type=float, default=0.95, help="recall target of the accept / reject section: the "
+                   "threshold that catches this share of defective images (and of boxes, per class); default 0.95")
 
 def _add_weights_args(p):
     p.add_argument("--weights", default=None, metavar="CKPT",

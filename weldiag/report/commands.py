@@ -25,8 +25,8 @@ def _print_done(s:dict, what:str, out, t:float):
     print(f"report:  {out / 'report.html'}\nsummary: {out / 'summary.json'}\nfigures: {out} ({len(s['files']['figures'])} PNG / JPEG files)")
     return 0
 
-def _command(data, out, device, epochs, image_size, model, fast, split="val", strict=False, trained=False)->int:
-    cfg = DemoConfig.make(model, epochs, image_size, fast, trained)
+def _command(data, out, device, epochs, image_size, model, fast, split="val", strict=False, trained=False, recall=0.95)->int:
+    cfg = DemoConfig.make(model, epochs, image_size, fast, trained, recall)
     resolve_device(device)                       # fail fast, before any work
     t = time.perf_counter()
     return _print_done(diagnose(out, data, cfg, device, split=split, strict=strict), cfg.model, out, t)
@@ -39,12 +39,13 @@ def demo_command(
     model:str="retinanet",    # retinanet (the trained sample detector unless from_scratch), ssdlite or fcos (from scratch)
     fast:bool=False,          # smoke-test settings: under a minute on a CPU
     from_scratch:bool=False,  # train a randomly initialised detector instead of diagnosing the trained one
+    recall:float=0.95,        # recall target of the accept / reject section (image and box level)
 )->int:
     "CLI `weldiag demo`: diagnose the trained sample detector (or one trained here from scratch) on the weld sample"
     if model != "retinanet" and not from_scratch: print(f"weldiag demo: the trained sample detector is a RetinaNet; "
                                                         f"training a {model} from scratch")
     trained = model == "retinanet" and not from_scratch
-    return _command(None, out, device, epochs, image_size, model, fast, trained=trained)
+    return _command(None, out, device, epochs, image_size, model, fast, trained=trained, recall=recall)
 
 def report_command(
     data=None,                # dataset folder or annotation file (YOLO, VOC, COCO, labelme); None: the bundled weld sample
@@ -61,13 +62,14 @@ def report_command(
     split:str="val",          # the split evaluated: val, train or test
     score_thresh:float=None,  # with weights: lowest score your model's postprocess keeps (default: the builder's, 0.05)
     strict:bool=False,        # stop at the first bad annotation (default: skip them and list them in the report)
+    recall:float=0.95,        # recall target of the accept / reject section (image and box level)
 )->int:
     "CLI `weldiag report [--data PATH] [--model ARCH --weights CKPT]`: the demo's report for your own data and model"
     ultra = str(model).lower().endswith(ULTRALYTICS_SUFFIXES)   # an ultralytics yaml / checkpoint is the model itself
     if weights is None and not ultra:
         if any(v is not None for v in (num_classes, min_size, max_size, score_thresh)):
             raise ValueError("--num-classes / --min-size / --max-size / --score-thresh describe a trained model: give --weights too")
-        return _command(data, out, device, epochs, image_size, model, fast, split, strict)
+        return _command(data, out, device, epochs, image_size, model, fast, split, strict, recall=recall)
     if epochs is not None and epochs < 0: raise ValueError(f"--epochs {epochs}: need 0 or more")
     resolve_device(device)
     t = time.perf_counter()
@@ -76,6 +78,6 @@ def report_command(
     net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh, image_size=image_size if ultra else None)
     d = dict(epochs=epochs or 0)
     if fast: d.update(lr_iters=8, max_steps=6, n_maps=1)
-    cfg = DemoConfig(model=model, fast=fast, **d)
+    cfg = DemoConfig(model=model, fast=fast, recall=recall, **d)
     s = diagnose(out, data, cfg, device, model=net, split=split, strict=strict)
     return _print_done(s, f"{model} ({weights})" if weights else str(model), out, t)

@@ -32,10 +32,14 @@ class DemoConfig:
     fast:bool = False              # the smoke-test settings
     seed:int = 0
     trained:bool = False           # diagnose the trained sample detector, then fine-tune a copy (`epochs` of fine-tuning)
+    recall:float = 0.95            # image / box recall target of the accept / reject section (`--recall`)
+
+    def __post_init__(self):
+        if not 0 < self.recall <= 1: raise ValueError(f"--recall {self.recall}: expected a share in (0, 1], e.g. 0.99")
 
     @classmethod
     def make(cls, model:str="retinanet", epochs:int=None, image_size:int=None, fast:bool=False,
-             trained:bool=False)->DemoConfig:
+             trained:bool=False, recall:float=0.95)->DemoConfig:
         "The CLI's defaults, with `--fast` for a run under a minute on a CPU; `trained`: the shipped sample detector"
         if model not in MODELS: raise ValueError(f"--model {model!r}: expected one of {', '.join(MODELS)}")
         if epochs is not None and epochs < 1: raise ValueError(f"--epochs {epochs}: need at least 1")
@@ -46,7 +50,7 @@ class DemoConfig:
             d |= dict(image_size=sample_detector_info()["cfg"]["min_size"], epochs=1 if fast else 2)
         if epochs is not None: d["epochs"] = epochs
         if image_size is not None: d["image_size"] = image_size
-        return cls(model=model, fast=fast, trained=trained, **d)
+        return cls(model=model, fast=fast, trained=trained, recall=recall, **d)
 
 def resolve_device(device:str="auto")->torch.device:
     "`auto` -> CUDA when available else CPU; `cuda` / `cuda:N` only when CUDA is there; else a one-line ValueError"

@@ -18,6 +18,7 @@ from ..detectors import as_detector
 from .html import HTMLReport, cards_html, fmt_cell
 from .config import DemoConfig, resolve_device, load_splits
 from .steps import Run, data_step, coverage_step, lr_step, train_step, finetune_step, eval_step, maps_step
+from .decisions import decisions_step, calibration_step
 
 # %% auto #0
 __all__ = ['SCORE_THRESH', 'STEPS', 'TRAINED_STEPS', 'TRAINING_STEPS', 'diagnose']
@@ -26,9 +27,11 @@ __all__ = ['SCORE_THRESH', 'STEPS', 'TRAINED_STEPS', 'TRAINING_STEPS', 'diagnose
 SCORE_THRESH = {"retinanet": {"score_thresh": 0.01}, "fcos": {"score_thresh": 0.01}}  # keep low-score boxes for mAP (SSDlite: 0.001)
 
 STEPS = (("data", data_step), ("anchor coverage", coverage_step), ("lr finder", lr_step),
-         ("training + activations", train_step), ("evaluation", eval_step), ("probability maps", maps_step))
+         ("training + activations", train_step), ("evaluation", eval_step), ("accept / reject", decisions_step),
+         ("calibration", calibration_step), ("probability maps", maps_step))
 # the trained sample detector: diagnosed as shipped first, then a copy fine-tuned (so lr-finder and activations show too)
 TRAINED_STEPS = (("data", data_step), ("anchor coverage", coverage_step), ("evaluation", eval_step),
+                 ("accept / reject", decisions_step), ("calibration", calibration_step),
                  ("probability maps", maps_step), ("lr finder", lr_step), ("fine-tuning + activations", finetune_step))
 TRAINING_STEPS = ("lr finder", "training + activations", "fine-tuning + activations")
 
@@ -153,6 +156,7 @@ def _headline(s:dict)->dict:
     ev, cov, act = s.get("evaluation", {}), s.get("coverage", {}), s.get("activations", {})
     d = {"val AP (COCO)": ev.get("AP"), "val AP50": ev.get("AP50"), "anchor recall @ IoU 0.5": cov.get("recall@0.5"),
             "with suggested anchors": s.get("suggested_anchors", {}).get("recall_after"), "training lr": s.get("training", {}).get("lr"),
+            "image AUROC": s.get("image_level", {}).get("auroc"), "detection ECE": s.get("calibration", {}).get("ece"),
             "layers > 90% near zero": len(act.get("dead_layers(>90% near zero)", [])), "total time (s)": s["timings_s"]["total"]}
     return {k: v for k, v in d.items() if v is not None}
 

@@ -43,6 +43,8 @@ class Run:
     lr:float = 1e-3                # learning rate the training step uses (set by the lr-finder step)
     history:list = field(default_factory=list)
     given:str = None               # what the user's own model is (None: weldiag's small detector, built here)
+    preds:list = None              # the evaluation step's predictions on `valid` (later steps reuse them)
+    targets:list = None            # ... and the targets they are evaluated against
 
     @property
     def lr_range(self)->tuple: return FINETUNE_LR_RANGE if self.cfg.trained else LR_RANGE
@@ -273,6 +275,7 @@ def eval_step(run:Run):
     rep.section("Evaluation", "COCO-style evaluation on the validation split (numbers equal to pycocotools): AP averaged "
                 "over IoU 0.5:0.95, AP50 and AP75, per size and per class; then what the errors are made of.")
     preds, targets = predict(run.model, run.loader(run.valid), device=run.device)
+    run.preds, run.targets = preds, targets
     n_det, n_gt, split = int(sum(len(p["boxes"]) for p in preds)), run.valid.n_boxes, run.summary.get("evaluated_split", "val")
     if n_gt == 0 or n_det == 0: return _eval_degenerate(run, preds, n_det, n_gt, split)
     ev = evaluate(preds, targets, classes=run.classes)
