@@ -28,7 +28,8 @@ def _demo(a): return _call("report", "demo_command", out=a.out, device=a.device,
 def _report(a): return _call("report", "report_command", data=a.data, out=a.out, device=a.device, epochs=a.epochs,
                              image_size=a.image_size, model=a.model, fast=a.fast, weights=a.weights,
                              num_classes=a.num_classes, min_size=a.min_size, max_size=a.max_size, split=a.split,
-                             score_thresh=a.score_thresh, strict=a.strict)
+                             score_thresh=a.score_thresh, strict=a.strict,
+                             trust=a.trust_checkpoint)
 
 # %% ../nbs/09_cli.ipynb #244d6a7f
 def _add_detector_args(p, models):
@@ -85,6 +86,8 @@ def build_parser()->argparse.ArgumentParser:
     _add_weights_args(r)
     r.add_argument("--split", default="val", choices=["val", "valid", "train", "test"], help="the split evaluated and drawn")
     r.add_argument("--strict", action="store_true", help="stop at the first bad annotation (default: skip and list them)")
+    r.add_argument("--trust-checkpoint", action="store_true", help="unpickle an ultralytics checkpoint fully, as ultralytics "
+                   "does (runs any code the file holds: only for files you trust); default: weights-only")
     r.add_argument("--score-thresh", type=float, default=None, help="with --weights: lowest score your model's "
                    "postprocess keeps (torchvision's default 0.05; lower keeps the low-scored boxes COCO AP counts)")
     r.set_defaults(fn=_report)
