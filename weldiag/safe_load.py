@@ -42,7 +42,7 @@ def allowlist(packages:tuple=())->dict:
 
 # %% ../nbs/00e_safe_load.ipynb #21806869
 _STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
-_MARK = object()
+_MARK = ("mark", None)   # a MARK on the stack model (a tuple, so a malformed pickle cannot trip a [0])
 
 def _pop(stack:list, op)->list:
     "Pop what `op` consumes (a stackslice pops down to and including its MARK)"
@@ -105,7 +105,8 @@ def check_checkpoint(
         pkls = [n for n in z.namelist() if n.endswith(".pkl")]
         if len(pkls) != 1 or not pkls[0].endswith("/data.pkl"):
             _refuse(path, f"its zip holds the pickle member(s) {pkls or 'none'}, not the one <archive>/data.pkl torch.save writes")
-        names, calls = pickle_calls(z.read(pkls[0]))
+        try: names, calls = pickle_calls(z.read(pkls[0]))
+        except (IndexError, ValueError, TypeError) as e: _refuse(path, f"its data.pkl is not a pickle weldiag can read ({e})")
     for g in torch.serialization.get_unsafe_globals_in_checkpoint(path):
         if g not in allowed: _refuse(path, f"it names the global {g}, {_why(g, packages)}")
     for c in calls:
