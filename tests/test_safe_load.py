@@ -168,11 +168,12 @@ def test_cli_refuses_in_one_line_and_creates_nothing(ckpt, tmp_path):
     blob = safe_torch_load(ckpt, ("ultralytics.nn.modules", "ultralytics.nn.tasks"))
     blob["train_args"] = {"x": _payloads(marker)["os.system"]}
     torch.save(blob, tmp_path / "best.pt")
-    r = weldiag("report", "--data", sample_path(), "--model", tmp_path / "best.pt", "--device", "cpu", "--out", tmp_path / "r")
-    assert r.returncode == 2, r.stderr[-2000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "refused to unpickle" in lines[0] and "--trust-checkpoint" in lines[0], r.stderr
-    assert not marker.exists() and not (tmp_path / "r" / "report.html").exists()
+    for args in (("report", "--data", sample_path(), "--device", "cpu"), ("coverage", "--sample")):
+        r = weldiag(*args, "--model", tmp_path / "best.pt", "--out", tmp_path / "r")
+        assert r.returncode == 2, r.stderr[-2000:]
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "refused to unpickle" in lines[0] and "--trust-checkpoint" in lines[0], r.stderr
+        assert not marker.exists() and not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow
