@@ -42,38 +42,33 @@ def cnn_under_error_mode():
           f"{len(stats.to_frame())} rows recorded")
 
 
-def compare(name, model, opt_of, step_of):
-    plain, rec = model, copy.deepcopy(model)
-    po, ro = opt_of(plain), opt_of(rec)
-    stats = ActivationStats(rec, grads=True, optimizer=ro).start()
-    for m, o in ((plain, po), (rec, ro)): step_of(m, o)           # warm-up
-    a, b = n_syncs(lambda: step_of(plain, po)), n_syncs(lambda: step_of(rec, ro))
+def compare(name:str, model:nn.Module, image_size:int=None)->int:
+    "Syncs of one training step (the adapter's loss, backward, SGD step) without and with weldiag recording"
+    from weldiag.detectors import as_detector
+    ims = [torch.rand(3, 256, 400, device=DEV) for _ in range(2)]
+    tg = [{"boxes": torch.tensor([[10., 20, 80, 90], [200, 100, 260, 180]], device=DEV),
+           "labels": torch.tensor([1, 2], device=DEV)}] * 2
+    plain, rec = model.to(DEV).train(), copy.deepcopy(model).to(DEV).train()
+    runs = [(as_detector(m, image_size=image_size), torch.optim.SGD(m.parameters(), lr=1e-3)) for m in (plain, rec)]
+    def step(det, opt):
+        opt.zero_grad(); sum(det.loss(ims, tg).values()).backward(); opt.step()
+    stats = ActivationStats(rec, grads=True, optimizer=runs[1][1]).start()
+    for r in runs: step(*r)                                       # warm-up
+    a, b = n_syncs(lambda: step(*runs[0])), n_syncs(lambda: step(*runs[1]))
     stats.stop()
     print(f"figure: {name} training step syncs: {a} without weldiag, {b} with activations+grads+updates "
-          f"({'no sync added' if b == a else f'{b - a} ADDED'})")
+          f"({'no sync added' if b == a else f'{b - a} ADDED'}); {len(stats.to_frame())} rows recorded")
     return b - a
 
 
 def retinanet():
     from weldiag.load import load_detector
-    m = load_detector("retinanet", num_classes=4).to(DEV).train()
-    ims = [torch.rand(3, 256, 400, device=DEV) for _ in range(2)]
-    tg = [{"boxes": torch.tensor([[10., 20, 80, 90]], device=DEV), "labels": torch.tensor([1], device=DEV)}] * 2
-    def step(m, o):
-        o.zero_grad(); sum(m(ims, tg).values()).backward(); o.step()
-    return compare("RetinaNet", m, lambda m: torch.optim.SGD(m.parameters(), lr=1e-3), step)
+    return compare("RetinaNet", load_detector("retinanet", num_classes=4))
 
 
 def yolo11n():
     from ultralytics.nn.tasks import DetectionModel
-    from weldiag.detectors import as_detector
-    m = DetectionModel("yolo11n.yaml", nc=4, verbose=False).to(DEV).train()
-    batch = {"img": torch.rand(2, 3, 160, 160, device=DEV), "batch_idx": torch.tensor([0., 1], device=DEV),
-             "cls": torch.tensor([[1.], [2]], device=DEV), "bboxes": torch.tensor([[.5, .5, .2, .2], [.3, .3, .1, .2]], device=DEV)}
-    as_detector(m, image_size=160)
-    def step(m, o):
-        o.zero_grad(); loss, _ = m.loss(batch); loss.sum().backward(); o.step()
-    return compare("YOLO11n", m, lambda m: torch.optim.SGD(m.parameters(), lr=1e-3), step)
+    return compare("YOLO11n", DetectionModel("yolo11n.yaml", nc=4, verbose=False), image_size=160)
 
 
 if __name__ == "__main__":
