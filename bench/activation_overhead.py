@@ -19,7 +19,7 @@ Memory: `--memory` runs a tiny model for 2,000 and for 100,000 recorded steps an
 
     python bench/activation_overhead.py [--rounds 15] [--repeats 3] [--burst 2] [--batch 32] [--size 64] [--memory]
                                         [--clock wall|process] [--threads N] [--skip-fastai] [--skip-side]
-                                        [--models cnn,retinanet] [--quick]
+                                        [--models cnn,retinanet] [--quick] [--device cpu|cuda]
 
 The issue-16 figures are CPU time with one thread: `--clock process --threads 1`. `--quick` runs every part once with
 few steps, to check that the script runs (its ratios are not measurements).
@@ -128,7 +128,7 @@ def fastai_runs(args):
 
 def _retina_batch(args):
     "Two weld-sized images with one box each, at `--retina-size` (the model resizes to it)."
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     imgs = [torch.rand(3, args.retina_size, int(args.retina_size * 1.6), generator=g) for _ in range(2)]
     tgts = [{"boxes": torch.tensor([[20., 10., 90., 40.]]), "labels": torch.tensor([1])} for _ in imgs]
     return imgs, tgts
@@ -265,13 +265,19 @@ if __name__ == "__main__":
     p.add_argument("--clock", choices=["wall", "process"], default="wall",
                    help="wall: time.perf_counter; process: CPU time of this process (less sensitive to a shared machine)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: models and batches there (torch's default device); "
+                   "on CUDA the clock synchronizes first, so a step's time is its work, not its launch")
     args = p.parse_args()
     if args.quick:
         args.rounds, args.repeats, args.retina_rounds, args.fastai_batches, args.retina_size = 2, 1, 1, 2, 128
         args.batch, args.size = 8, 32
     if args.clock == "process": CLOCK = time.process_time
     if args.threads: torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, batch {args.batch}, {args.size} px, "
+    if args.device != "cpu":
+        torch.set_default_device(args.device)
+        _clock = CLOCK
+        CLOCK = lambda: (torch.cuda.synchronize(), _clock())[1]
+    print(f"torch {torch.__version__}, device {torch.cuda.get_device_name(0) if args.device != 'cpu' else 'cpu'}, {torch.get_num_threads()} threads, {args.clock} clock, batch {args.batch}, {args.size} px, "
           "4-block conv+BN+ReLU CNN; ratios = median step time / plain median step time (mean / mean in brackets: includes flushes and batched histograms)")
     print(f"plain loop (A/B/C/C/B/A interleaved, bursts of {args.burst} steps, first of each not timed):")
     plain_loop(args)
@@ -284,3 +290,4 @@ if __name__ == "__main__":
     if args.memory:
         print("memory (tiny MLP, default settings):")
         memory(args)
+    if args.device != "cpu": print(f"peak CUDA memory of the whole run: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")

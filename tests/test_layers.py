@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "weldiag"
 LAYERS = {
-    "weldiag": 0, "weldiag.spec": 0, "weldiag.boxes": 0, "weldiag.hooks": 0, "weldiag.progress": 0, "weldiag._cstats": 0,
+    "weldiag": 0, "weldiag.spec": 0, "weldiag.boxes": 0, "weldiag.hooks": 0, "weldiag.progress": 0, "weldiag._cstats": 0, "weldiag.safe_load": 0,
     "weldiag.data": 1, "weldiag.zoo": 1, "weldiag.gt_table": 1,
     "weldiag.detectors": 2,
     "weldiag.load": 3,

@@ -22,14 +22,15 @@ def _call(module:str, fn:str, **kwargs)->int:
 def _dataset(a): return _call("data", "dataset_command", path=a.path, sample=a.sample, out=a.out, split=a.split)
 def _coverage(a): return _call("anchors", "coverage_command", path=a.path, sample=a.sample, model=a.model,
                                image_size=a.image_size, out=a.out, weights=a.weights, num_classes=a.num_classes,
-                               min_size=a.min_size, max_size=a.max_size)
+                               min_size=a.min_size, max_size=a.max_size, trust=a.trust_checkpoint)
 def _demo(a): return _call("report", "demo_command", out=a.out, device=a.device, epochs=a.epochs,
                            image_size=a.image_size, model=a.model, fast=a.fast, from_scratch=a.from_scratch,
                            recall=a.recall)
 def _report(a): return _call("report", "report_command", data=a.data, out=a.out, device=a.device, epochs=a.epochs,
                              image_size=a.image_size, model=a.model, fast=a.fast, weights=a.weights,
                              num_classes=a.num_classes, min_size=a.min_size, max_size=a.max_size, split=a.split,
-                             score_thresh=a.score_thresh, strict=a.strict, recall=a.recall)
+                             score_thresh=a.score_thresh, strict=a.strict, recall=a.recall,
+                             trust=a.trust_checkpoint)
 
 # %% ../nbs/09_cli.ipynb #244d6a7f
 def _add_detector_args(p, models):
@@ -51,6 +52,8 @@ def _add_weights_args(p):
     p.add_argument("--num-classes", type=int, default=None, help="the builder's num_classes (default: from --weights)")
     p.add_argument("--min-size", type=int, default=None, help="your model's transform min_size, as you trained it")
     p.add_argument("--max-size", type=int, default=None, help="your model's transform max_size, as you trained it")
+    p.add_argument("--trust-checkpoint", action="store_true", help="unpickle an ultralytics checkpoint fully, as ultralytics "
+                   "does (runs any code the file holds: only for files you trust); default: weights-only")
 
 class _Parser(argparse.ArgumentParser):
     "argparse, but a bad argument is one line on stderr (no usage block) and exit code 2"

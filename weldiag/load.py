@@ -10,6 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .safe_load import safe_torch_load
 from .zoo import ARCHS, small_detector
 from .detectors import as_detector
 from .detectors.ultralytics import ULTRALYTICS_SUFFIXES, load_ultralytics_model
@@ -25,7 +26,7 @@ def detector_builders()->list:
 def read_state_dict(path:Path)->dict:
     "A state_dict from a file: plain, or under 'model' / 'state_dict' of a checkpoint dict; DDP's 'module.' stripped"
     if not path.is_file(): raise FileNotFoundError(f"--weights {path}: no such file")
-    try: obj = torch.load(path, map_location="cpu", weights_only=True)
+    try: obj = safe_torch_load(path)   # weights-only: torch.nn modules, tensors, dicts
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"--weights {path}: not a state_dict torch.load(weights_only=True) can read ({first[:160]}); "
@@ -74,8 +75,8 @@ def _classes_in(arch:str, sd:dict, kw:dict)->int:
     return 91
 
 # %% ../nbs/01i_load.ipynb #0f70a75a
-def _load_ultralytics(arch:str, weights, num_classes:int, score_thresh:float, image_size:int=None)->nn.Module:
-    "An ultralytics DetectionModel from an architecture yaml (random init) or a checkpoint (unpickled, as ultralytics does)"
+def _load_ultralytics(arch:str, weights, num_classes:int, score_thresh:float, image_size:int=None, trust:bool=False)->nn.Module:
+    "An ultralytics DetectionModel from an architecture yaml (random init) or a checkpoint (weights-only unless `trust`)"
     if weights is not None: raise ValueError(f"--weights: an ultralytics model is its checkpoint: give it as --model best.pt")
     p = Path(arch)
     if p.suffix.lower() in (".pt", ".pth"):
@@ -84,7 +85,8 @@ def _load_ultralytics(arch:str, weights, num_classes:int, score_thresh:float, im
         except ValueError: plain = False                # an ultralytics checkpoint pickles its model: it does not
         if plain: raise ValueError(f"--model {arch}: a plain state_dict, not an ultralytics checkpoint; give the architecture "
                                    f"and the file: --model <torchvision builder, e.g. fasterrcnn_resnet50_fpn> --weights {arch}")
-        model = load_ultralytics_model(arch)
+        model = load_ultralytics_model(arch, trust=trust)
+        model.weldiag_checkpoint = {"file": str(p), "load": "trusted: unpickled fully" if trust else "weights-only"}
         if num_classes is not None and as_detector(model).num_classes != num_classes:
             raise ValueError(f"--model {arch}: the checkpoint has {as_detector(model).num_classes} classes, not {num_classes}")
     else: model = load_ultralytics_model(arch, num_classes)
@@ -103,12 +105,13 @@ def load_detector(
     max_size:int=None,       # the transform's long-side cap
     score_thresh:float=None, # lowest score the postprocess keeps (None: the builder's, 0.05 for most)
     image_size:int=None,     # ultralytics only: the square letterbox side (imgsz) it is diagnosed at
+    trust:bool=False,        # ultralytics checkpoint: unpickle it fully (False: weights-only, its module classes allowed)
     **builder_kwargs,        # anything else the builder takes (box_score_thresh, anchor_generator, ...)
 )->nn.Module:                # the model in eval mode, on the CPU
     "Rebuild a torchvision detector and load a trained state_dict (or an ultralytics yaml / checkpoint), one-line errors"
     names = detector_builders()
     if arch not in names and str(arch).lower().endswith(ULTRALYTICS_SUFFIXES):
-        return _load_ultralytics(str(arch), weights, num_classes, score_thresh, image_size)
+        return _load_ultralytics(str(arch), weights, num_classes, score_thresh, image_size, trust)
     if arch not in names: raise ValueError(f"--model {arch!r}: unknown detector; choices: {', '.join(names)}, "
                                            "or an ultralytics model yaml (yolov8n.yaml) or checkpoint (best.pt)")
     kw = dict(builder_kwargs)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..safe_load import safe_torch_load
 from .kernels import bin_edges
 from .points import COLS, frame
 from .series import Series
@@ -40,7 +41,7 @@ def save(
 
 def load(cls, path):
     "Read statistics written by `save` into a new `cls` (`ActivationStats`; no model attached: frames, histograms and plots work, recording does not)."
-    blob = torch.load(path, weights_only=True)
+    blob = safe_torch_load(path, map_location=None)   # weights-only: tensors and a JSON string
     meta = json.loads(blob["meta"])
     stats = cls(None, record_eval="eval" in meta["series"], **meta["config"])
     stats.skipped, stats.modules_of = meta["skipped"], meta.get("modules", {})

@@ -31,11 +31,12 @@ def cli_target(
     num_classes:int=None,   # the builder's num_classes (only needed to load weights with a non-default count)
     min_size:int=None,      # the model's transform: short side ...
     max_size:int=None,      # ... and long-side cap, exactly as the user's model was built
+    trust:bool=False,       # an ultralytics checkpoint: unpickle it fully (False: weights-only)
 ):
     "The detector (or the fastai course's anchors) whose geometry and anchors `weldiag coverage` uses: no download."
     if name == "fastai-ssd": return ssd_grid_anchors(image_size=image_size or 224)
     if name.lower().endswith(ULTRALYTICS_SUFFIXES):   # ultralytics: the letterbox side is the training imgsz
-        return as_detector(load_detector(name, weights, num_classes), image_size=image_size)
+        return as_detector(load_detector(name, weights, num_classes, trust=trust), image_size=image_size)
     arch = COVERAGE_MODELS.get(name, name)
     ssd = arch.startswith("ssd")
     if image_size and not ssd and min_size is None: min_size = image_size
@@ -58,11 +59,12 @@ def coverage_command(
     num_classes:int=None,         # the builder's num_classes (default: from the weights)
     min_size:int=None,            # the model's transform min_size, as trained
     max_size:int=None,            # the model's transform max_size, as trained
+    trust:bool=False,             # an ultralytics checkpoint: unpickle it fully (False: weights-only)
 )->int:                           # exit code
     "`weldiag coverage`: print the anchor coverage summary of a dataset at the model's own geometry; write plots and summary.json."
     if bool(path) == bool(sample):
         print("weldiag coverage: give a dataset PATH or --sample (not both)", file=sys.stderr); return 2
-    target = cli_target(model, image_size, weights, num_classes, min_size, max_size)   # bad model input: exit 2 in the CLI
+    target = cli_target(model, image_size, weights, num_classes, min_size, max_size, trust)   # bad model input: exit 2 in the CLI
     try: ds = weld_sample() if sample else load_dataset(path)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"weldiag coverage: {e}", file=sys.stderr); return 1

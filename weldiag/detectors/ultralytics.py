@@ -14,8 +14,8 @@ from ..spec import InputGeometry, HeadSpec, hw_pair, letterbox_geometry
 from .base import Detector, register, module_at
 
 # %% auto #0
-__all__ = ['ULTRALYTICS_SUFFIXES', 'is_anchor_free_detect', 'is_ultralytics', 'ultralytics_import', 'ultralytics_criterion',
-           'UltralyticsDetector', 'load_ultralytics_model']
+__all__ = ['ULTRALYTICS_SUFFIXES', 'ULTRALYTICS_NN', 'is_anchor_free_detect', 'is_ultralytics', 'ultralytics_import',
+           'ultralytics_criterion', 'UltralyticsDetector', 'load_ultralytics_model', 'checkpoint_model']
 
 # %% ../../nbs/01h_det_ultralytics.ipynb #1cd175ce
 def is_anchor_free_detect(m:nn.Module)->bool:
@@ -256,10 +256,12 @@ ULTRALYTICS_SUFFIXES = (".yaml", ".yml", ".pt", ".pth")   # what `load_detector`
 def load_ultralytics_model(
     arch:str,               # a model yaml (random init) or a checkpoint `.pt` ultralytics wrote
     num_classes:int=None,   # yaml: the head's nc (None: the yaml's)
+    trust:bool=False,       # checkpoint: unpickle it fully, as ultralytics does (False: weights-only, `checkpoint_model`)
 )->nn.Module:
-    "An ultralytics DetectionModel from an architecture yaml (random init) or a checkpoint (unpickled, as ultralytics does)"
+    "An ultralytics DetectionModel from an architecture yaml (random init) or a checkpoint (weights-only unless `trust`)"
     p = Path(arch)
     if p.suffix.lower() in (".pt", ".pth"):
+        if not trust: return checkpoint_model(p)
         YOLO = ultralytics_import("ultralytics.YOLO")
         try: return YOLO(str(p)).model
         except Exception as e:
@@ -273,3 +275,29 @@ def load_ultralytics_model(
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise ValueError(f"--model {arch}: not an ultralytics model yaml ultralytics can build ({first})") from None
+
+# %% ../../nbs/01h_det_ultralytics.ipynb #e83ff025
+from ..safe_load import UnsafeCheckpoint, safe_torch_load
+
+ULTRALYTICS_NN = ("ultralytics.nn.modules", "ultralytics.nn.tasks")   # where its checkpoints' module classes live
+
+def checkpoint_model(path:Path)->nn.Module:
+    "The model of an ultralytics checkpoint, loaded weights-only and set up as ultralytics' `load_checkpoint` does"
+    try: ckpt = safe_torch_load(path, ULTRALYTICS_NN)
+    except UnsafeCheckpoint: raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(f"--model {path}: ultralytics cannot load this checkpoint ({first})") from None
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(model, nn.Module): raise ValueError(f"--model {path}: not an ultralytics checkpoint (no model in it)")
+    if ckpt.get("modelopt"): raise ValueError(f"--model {path}: a quantisation-aware checkpoint; load it with trust=True")
+    DEFAULT_CFG_DICT = ultralytics_import("ultralytics.utils.DEFAULT_CFG_DICT")
+    model = model.float()
+    model.args = {**DEFAULT_CFG_DICT, **ckpt.get("train_args", {})}
+    model.pt_path, model.task = str(path), getattr(model, "task", None) or ultralytics_import("ultralytics.nn.tasks.guess_model_task")(model)
+    if not hasattr(model, "stride"): model.stride = torch.tensor([32.0])
+    for m in model.modules():
+        if hasattr(m, "inplace"): m.inplace = True
+        elif isinstance(m, nn.Upsample) and not hasattr(m, "recompute_scale_factor"): m.recompute_scale_factor = None
+    return model.eval()
+

@@ -63,6 +63,7 @@ def report_command(
     score_thresh:float=None,  # with weights: lowest score your model's postprocess keeps (default: the builder's, 0.05)
     strict:bool=False,        # stop at the first bad annotation (default: skip them and list them in the report)
     recall:float=0.95,        # recall target of the accept / reject section (image and box level)
+    trust:bool=False,         # an ultralytics checkpoint: unpickle it fully (False: weights-only, refused if it names other globals)
 )->int:
     "CLI `weldiag report [--data PATH] [--model ARCH --weights CKPT]`: the demo's report for your own data and model"
     ultra = str(model).lower().endswith(ULTRALYTICS_SUFFIXES)   # an ultralytics yaml / checkpoint is the model itself
@@ -75,7 +76,8 @@ def report_command(
     t = time.perf_counter()
     if ultra and num_classes is None and str(model).lower().endswith((".yaml", ".yml")):
         num_classes = len(load_splits(data, 0, split, strict)[0].classes)  # a bare architecture: the data's classes
-    net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh, image_size=image_size if ultra else None)
+    net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh, image_size=image_size if ultra else None,
+                       trust=trust)
     d = dict(epochs=epochs or 0)
     if fast: d.update(lr_iters=8, max_steps=6, n_maps=1)
     cfg = DemoConfig(model=model, fast=fast, recall=recall, **d)
