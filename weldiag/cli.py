@@ -108,6 +108,8 @@ def add_labels_parser(sub):
     l.add_argument("--method", default="weldiag", choices=["weldiag", "cleanlab"], help="scoring rule (cleanlab: its ObjectLab scores)")
     l.add_argument("--score-thresh", type=float, default=None, help="with --weights: lowest score the postprocess keeps")
     l.set_defaults(fn=_labels, out="weldiag-labels")
+    for act in l._actions:   # the shared --out help speaks of the report
+        if act.dest == "out": act.help = "folder for labels.csv, the galleries and summary.json"
 
 # %% ../nbs/09_cli.ipynb #aad75752
 def _check_dataset_args(a):
