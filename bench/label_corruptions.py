@@ -44,11 +44,16 @@ if __name__ == "__main__":
     a.add_argument("--neu", default="/work/shared/data/neu-det"); a.add_argument("--n", type=int, default=600)
     a.add_argument("--folds", type=int, default=2); a.add_argument("--epochs", type=int, default=4)
     a.add_argument("--seeds", type=int, default=3); a.add_argument("--skip-weld", action="store_true")
+    a.add_argument("--cache", default=None, help="pickle file: NEU-DET predictions are read from it when it exists, else written")
     a = a.parse_args()
     pd.set_option("display.width", 160)
     runs = [] if a.skip_weld else [weld_predictions()]
     if Path(a.neu).exists():
-        t0 = time.time(); runs.append(neu_predictions(a.neu, a.n, a.folds, a.epochs)); print(f"NEU-DET out-of-fold predictions: {time.time() - t0:.0f} s")
+        import pickle
+        if a.cache and Path(a.cache).exists(): runs.append(pickle.loads(Path(a.cache).read_bytes()))
+        else:
+            t0 = time.time(); runs.append(neu_predictions(a.neu, a.n, a.folds, a.epochs)); print(f"NEU-DET out-of-fold predictions: {time.time() - t0:.0f} s")
+            if a.cache: Path(a.cache).write_bytes(pickle.dumps(runs[-1]))
     for p, t, ds in runs:
         res = corruption_benchmark(p, t, ds, seeds=range(a.seeds))
         print(f"\n{ds.name}: {len(ds)} images, {ds.n_boxes} boxes")

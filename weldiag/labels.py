@@ -338,9 +338,9 @@ def corrupt_labels(
     return out, pd.DataFrame(log, columns=["image", "box", "kind", "x1", "y1", "x2", "y2"])
 
 def precision_at_k(scores:np.ndarray, truth:np.ndarray, k:int=None)->float:
-    "Fraction of the k lowest `scores` where `truth`; k defaults to truth.sum()"
+    "Fraction of the k lowest `scores` where `truth` (fewer than k scored: the missing ones count as misses); k defaults to truth.sum()"
     k = int(np.sum(truth)) if k is None else int(k)
-    return float(np.asarray(truth)[np.argsort(scores, kind="stable")[:k]].mean()) if k else float("nan")
+    return float(np.asarray(truth)[np.argsort(scores, kind="stable")[:k]].sum() / k) if k else float("nan")
 
 def corruption_recovery(lq:LabelQuality, log:pd.DataFrame, n_images:int)->dict:
     "precision@k of the image ranking and of each issue's box ranking against the injected corruptions in `log`"
