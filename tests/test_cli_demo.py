@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # report section id -> the name the issue gives it
 SECTIONS = {"data": "data", "anchor-coverage": "coverage", "learning-rate": "lr-finder",
             "fine-tuning-and-activations": "activations", "probability-maps": "probability maps", "evaluation": "evaluation",
-            "accept-reject": "accept / reject", "calibration": "calibration"}
+            "accept-reject": "accept / reject", "calibration": "calibration",
+            "data-health": "data health", "label-quality": "label quality"}
 
 
 def weldiag(*args, timeout:float=600)->subprocess.CompletedProcess:

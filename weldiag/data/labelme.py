@@ -23,6 +23,9 @@ def _labelme_record(src:Path, images:dict, classes:list, fixed:bool, problems:li
     if img is None: report_problem(problems, strict, src, None, f"no image with stem {src.stem!r}"); return None
     size = (d["imageWidth"], d["imageHeight"]) if d.get("imageWidth") and d.get("imageHeight") else image_size(img, problems, strict)
     if size is None: return None
+    try: size = tuple(float(v) for v in size)
+    except (TypeError, ValueError):
+        report_problem(problems, strict, src, None, f"imageWidth / imageHeight must be numbers, got {size[0]!r} x {size[1]!r}"); return None
     boxes, labels = [], []
     for k, s in enumerate(d["shapes"]):
         if not isinstance(s, dict): report_problem(problems, strict, src, None, f"shape {k} is not an object"); continue

@@ -33,6 +33,7 @@ def _declared_classes(root:Path)->list|None:
         if f.is_file():
             names = [l.split(":")[0].strip() for l in f.read_text(encoding="utf-8-sig", errors="replace").splitlines()
                      if l.strip() and not l.startswith("#")]
+            if n == "labelmap.txt": names = [x for x in names if x.lower() != "background"]   # CVAT's `background:0,0,0::` is no class
             if names: return names
     return None
 

@@ -20,6 +20,7 @@ from .config import DemoConfig, resolve_device, load_splits
 from .checkpoint import checkpoint_step
 from .steps import Run, data_step, coverage_step, lr_step, train_step, finetune_step, eval_step, maps_step
 from .decisions import decisions_step, calibration_step
+from .labels import health_step, labels_step
 
 # %% auto #0
 __all__ = ['SCORE_THRESH', 'STEPS', 'TRAINED_STEPS', 'TRAINING_STEPS', 'diagnose']
@@ -27,13 +28,15 @@ __all__ = ['SCORE_THRESH', 'STEPS', 'TRAINED_STEPS', 'TRAINING_STEPS', 'diagnose
 # %% ../../nbs/08d_report_pipeline.ipynb #bdf40d89
 SCORE_THRESH = {"retinanet": {"score_thresh": 0.01}, "fcos": {"score_thresh": 0.01}}  # keep low-score boxes for mAP (SSDlite: 0.001)
 
-STEPS = (("data", data_step), ("checkpoint", checkpoint_step), ("anchor coverage", coverage_step), ("lr finder", lr_step),
-         ("training + activations", train_step), ("evaluation", eval_step), ("accept / reject", decisions_step),
-         ("calibration", calibration_step), ("probability maps", maps_step))
+STEPS = (("data", data_step), ("data health", health_step), ("checkpoint", checkpoint_step), ("anchor coverage", coverage_step),
+         ("lr finder", lr_step), ("training + activations", train_step), ("evaluation", eval_step),
+         ("label quality", labels_step), ("accept / reject", decisions_step), ("calibration", calibration_step),
+         ("probability maps", maps_step))
 # the trained sample detector: diagnosed as shipped first, then a copy fine-tuned (so lr-finder and activations show too)
-TRAINED_STEPS = (("data", data_step), ("anchor coverage", coverage_step), ("evaluation", eval_step),
-                 ("accept / reject", decisions_step), ("calibration", calibration_step),
-                 ("probability maps", maps_step), ("lr finder", lr_step), ("fine-tuning + activations", finetune_step))
+TRAINED_STEPS = (("data", data_step), ("data health", health_step), ("anchor coverage", coverage_step),
+                 ("evaluation", eval_step), ("label quality", labels_step), ("accept / reject", decisions_step),
+                 ("calibration", calibration_step), ("probability maps", maps_step), ("lr finder", lr_step),
+                 ("fine-tuning + activations", finetune_step))
 TRAINING_STEPS = ("lr finder", "training + activations", "fine-tuning + activations")
 
 # %% ../../nbs/08d_report_pipeline.ipynb #d68bd8d0

@@ -1,0 +1,62 @@
+"""Injected label corruptions: weldiag's default label-quality ranking next to cleanlab's, on the same predictions.
+
+weld: the bundled sample detector's predictions on the 100 weld images (80 of them in its training set).
+NEU-DET: out-of-fold predictions of small RetinaNets trained here (`--folds` models on a class-balanced subset of
+`--n` images at their native 200 px), so every image is scored by a model that did not see it.
+Prints precision@k (k = corrupted images, or corruptions of the kind for the issue columns) per seed and method.
+
+    python bench/label_corruptions.py [--neu /work/shared/data/neu-det] [--n 600] [--folds 2] [--epochs 4] [--seeds 3]
+"""
+import argparse, os, time
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from weldiag.data import weld_sample, load_dataset, DetectionTorchDataset, detection_collate
+from weldiag.labels import corruption_benchmark, out_of_fold_predictions
+from weldiag.metrics.predict import predict
+from weldiag.models import sample_detector, small_detector
+from weldiag.detectors import label_offset
+
+
+def weld_predictions():
+    ds, det = weld_sample("all"), sample_detector()
+    dl = torch.utils.data.DataLoader(DetectionTorchDataset(ds, label_offset=label_offset(det)), batch_size=4, collate_fn=detection_collate)
+    return (*predict(det, dl, progress=False), ds)
+
+
+def neu_predictions(root, n, folds, epochs, seed=0):
+    ds = load_dataset(root, strict=False)
+    rng = np.random.default_rng(seed)
+    first = np.array([int(r.labels[0]) if len(r.labels) else -1 for r in ds])   # balance by each image's first class
+    keep = np.concatenate([rng.permutation(np.where(first == k)[0])[: n // len(ds.classes)] for k in range(len(ds.classes))])
+    sub = ds[np.sort(keep)]; sub.name = f"neu-det/{len(sub)}"
+    make = lambda: small_detector("retinanet", len(ds.classes), min_size=200, max_size=1000, score_thresh=0.01)
+    p, t, _ = out_of_fold_predictions(sub, make, folds, epochs, size=200, lr=2e-3, seed=seed)
+    return p, t, sub
+
+
+if __name__ == "__main__":
+    a = argparse.ArgumentParser()
+    a.add_argument("--neu", default="/work/shared/data/neu-det"); a.add_argument("--n", type=int, default=600)
+    a.add_argument("--folds", type=int, default=2); a.add_argument("--epochs", type=int, default=4)
+    a.add_argument("--seeds", type=int, default=3); a.add_argument("--skip-weld", action="store_true")
+    a.add_argument("--cache", default=None, help="pickle file: NEU-DET predictions are read from it when it exists, else written")
+    a = a.parse_args()
+    pd.set_option("display.width", 160)
+    runs = [] if a.skip_weld else [weld_predictions()]
+    if Path(a.neu).exists():
+        import pickle
+        if a.cache and Path(a.cache).exists(): runs.append(pickle.loads(Path(a.cache).read_bytes()))
+        else:
+            t0 = time.time(); runs.append(neu_predictions(a.neu, a.n, a.folds, a.epochs)); print(f"NEU-DET out-of-fold predictions: {time.time() - t0:.0f} s")
+            if a.cache: Path(a.cache).write_bytes(pickle.dumps(runs[-1]))
+    for p, t, ds in runs:
+        res = corruption_benchmark(p, t, ds, seeds=range(a.seeds))
+        print(f"\n{ds.name}: {len(ds)} images, {ds.n_boxes} boxes")
+        print(res.drop(columns="data").round(3).to_string(index=False))
+        img = res.pivot(index="seed", columns="method", values="images")
+        print("image precision@k, weldiag >= cleanlab on every seed:", bool((img.weldiag >= img.cleanlab).all()))
