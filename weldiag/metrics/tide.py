@@ -183,11 +183,14 @@ class ErrorBreakdown:
         t[["det_id", "gt_id"]] = t[["det_id", "gt_id"]].astype("Int64")
         return t
     def per_image(self, score_thr:float=None)->pd.DataFrame:
-        "Per image: all false positives (FP) and the errors of each type at `score_thr`"
-        t = self.table(score_thr)
-        c = pd.DataFrame({e: t[t.error == e].groupby("image").size() for e in ERROR_TYPES})
-        c = c.reindex(range(self.n_images)).fillna(0).astype(int)
-        c.insert(0, "FP", c[list(ERROR_TYPES[:-1])].sum(axis=1))
+        "Per image: all false positives (FP) and the errors of each type at `score_thr` (the rows of `table` counted)"
+        thr = -np.inf if score_thr is None else float(score_thr)
+        d, g, n = self.dets, self.gts, self.n_images
+        fp = d[d.error.notna() & (d.score >= thr)]
+        miss = g[~(g.found >= thr) & ~(g.aimed >= thr)]
+        count = lambda img: np.bincount(img.to_numpy(np.int64), minlength=n)[:n] if n else np.zeros(0, np.int64)
+        c = {e: count(fp.image[(fp.error == e).to_numpy()]) for e in ERROR_TYPES[:-1]}
+        c = pd.DataFrame({"FP": sum(c.values()) if c else count(fp.image), **c, "missed": count(miss.image)}, index=pd.RangeIndex(n))
         return c.rename_axis("image")
     def to_frame(self)->pd.DataFrame:
         return pd.DataFrame({"count": self.counts.sum(axis=1), "dmAP": self.delta_map}).rename_axis("error")
@@ -242,10 +245,11 @@ def error_breakdown(
     counts.loc["missed"] = np.bincount(G.labels.numpy()[t.missed], minlength=K)
     score = P.scores.numpy()
     d = np.r_[t.tp, t.fp]
-    gt = np.r_[t.tp_gt, t.target]
-    dets = _frame(P, d, classes, det_id=d, score=score[d], error=pd.Categorical(np.r_[[None] * len(t.tp), t.kind], ERROR_TYPES),
-                  iou=np.r_[np.full(len(t.tp), np.nan), t.iou], gt_id=pd.arrays.IntegerArray(gt.astype(np.int64), gt < 0))
-    dets = dets.iloc[np.lexsort((-dets.score.to_numpy(), dets.image.to_numpy()))].reset_index(drop=True)   # image, score desc (stable)
+    o = np.lexsort((-score[d], P.img.numpy()[d]))                         # image, then score descending (stable)
+    d, gt = d[o], np.r_[t.tp_gt, t.target][o]
+    kind = np.r_[np.full(len(t.tp), None, dtype=object), t.kind.astype(object)][o]
+    dets = _frame(P, d, classes, det_id=d, score=score[d], error=pd.Categorical(kind, ERROR_TYPES),
+                  iou=np.r_[np.full(len(t.tp), np.nan), t.iou][o], gt_id=pd.arrays.IntegerArray(gt.astype(np.int64), gt < 0))
     real = np.flatnonzero(~G.ignore.numpy())
     best = lambda idx, s: pd.Series(s).groupby(idx).max().reindex(real).to_numpy() if len(idx) else np.full(len(real), np.nan)
     gts = _frame(G, real, classes, gt_id=real, found=best(t.tp_gt, score[t.tp]), aimed=best(t.target[t.aims], score[t.fp][t.aims]))
