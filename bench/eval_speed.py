@@ -1,12 +1,19 @@
-"""weldiag.metrics.evaluate vs pycocotools (and faster-coco-eval when importable) on a large synthetic set.
+"""weldiag.metrics.evaluate vs hotcoco, faster-coco-eval and pycocotools on a large synthetic set, one thread and all threads.
 
 Images reuse the 100 real LoHi-WELD label sets (boxes and classes); each image gets `--dets` detections: 1-3 jittered
 copies per GT (15% with a wrong class, high scores) and the rest random background boxes (low scores), like a
-detector's top-100 output. All tools get the same data; runs are interleaved and medians reported.
+detector's top-100 output. All tools get the same data in one process; repeats are interleaved, the best is reported.
 
-    .venv/bin/python bench/eval_speed.py --images 10000 --dets 100 --repeats 1
+- one thread (the default run does this first): OMP_NUM_THREADS=1, RAYON_NUM_THREADS=1, torch.set_num_threads(1);
+  times are per-process CPU time (`time.process_time`), so other load on shared cores does not count;
+- all threads: the same in a second process without those limits, wall time (`time.perf_counter`).
+Timed: weldiag's whole `evaluate()` (input checks and flattening included); the others' evaluate + accumulate +
+summarize on COCO objects built beforehand (pycocotools' `loadRes` not timed). Plus weldiag's `evaluate()` +
+`errors()` (TIDE) + `per_image()` together, and hotcoco's evaluate .. summarize + `tide_errors()`.
+
+    .venv/bin/python bench/eval_speed.py --images 3000 --repeats 5
 """
-import argparse, contextlib, io, statistics, time
+import argparse, contextlib, io, os, subprocess, sys, time
 import numpy as np, torch
 from weldiag.data import weld_sample
 from weldiag.metrics import evaluate, to_coco
@@ -30,43 +37,86 @@ def synthetic(n_images:int, n_dets:int, seed:int=0):
         preds.append({"boxes": boxes, "labels": torch.cat([jl, torch.randint(0, K, (nb,), generator=g)]), "scores": scores})
     return preds, targets
 
-def run_pycocotools(gt, res, module):
-    with contextlib.redirect_stdout(io.StringIO()):
-        cg = module.COCO(); cg.dataset = gt; cg.createIndex(); cd = cg.loadRes(res)
-        t0 = time.perf_counter()
-        E = module.COCOeval(cg, cd, "bbox"); E.evaluate(); E.accumulate(); E.summarize()
-    return time.perf_counter() - t0, E
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=10000); ap.add_argument("--dets", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=1)
-    a = ap.parse_args()
-    preds, targets = synthetic(a.images, a.dets)
-    gt, res = to_coco(preds, targets, 4)
-    print(f"{a.images} images, {sum(len(p['boxes']) for p in preds)} detections, {sum(len(t['boxes']) for t in targets)} GTs; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads available")
-    tools = {"pycocotools": __import__("pycocotools.coco").coco}
+def _coco_tools()->dict:
+    "name -> (COCO class, COCOeval class) of every reference tool that imports"
+    from pycocotools.coco import COCO; from pycocotools.cocoeval import COCOeval
+    tools = {}
+    try:
+        import hotcoco
+        tools[f"hotcoco {getattr(hotcoco, '__version__', '')}"] = (hotcoco.COCO, hotcoco.COCOeval)
+    except ImportError: print("hotcoco not installed: skipped")
     try:
         import faster_coco_eval
         from faster_coco_eval import COCO as FC, COCOeval_faster
-        tools["faster-coco-eval " + faster_coco_eval.__version__] = type("M", (), {"COCO": FC, "COCOeval": COCOeval_faster})
+        tools["faster-coco-eval " + faster_coco_eval.__version__] = (FC, COCOeval_faster)
     except ImportError: print("faster-coco-eval not installed: skipped")
-    from pycocotools.cocoeval import COCOeval
-    tools["pycocotools"] = type("M", (), {"COCO": tools["pycocotools"].COCO, "COCOeval": COCOeval})
-    times = {"weldiag": [], **{k: [] for k in tools}}; results = {}
-    for _ in range(a.repeats):                                                   # interleaved
-        t0 = time.perf_counter(); r = evaluate(preds, targets, classes=4); times["weldiag"].append(time.perf_counter() - t0)
-        for name, mod in tools.items():
-            t, E = run_pycocotools(gt, res, mod); times[name].append(t); results[name] = E
-    ref = results["pycocotools"]
-    base = statistics.median(times["pycocotools"])
+    tools["pycocotools"] = (COCO, COCOeval)
+    return tools
+
+def _load(gt:dict, res:list, COCO):
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO(); cg.dataset = gt; cg.createIndex()
+        load = getattr(cg, "loadRes", None) or cg.load_res
+        return cg, load(res)
+
+def _timed(f, clock):
+    t0 = clock(); out = f(); return clock() - t0, out
+
+def _cocoeval(cg, cd, COCOeval, tide:bool=False):
+    with contextlib.redirect_stdout(io.StringIO()):
+        E = COCOeval(cg, cd, "bbox"); E.evaluate(); E.accumulate(); E.summarize()
+        if tide: E.tide_errors()
+    return E
+
+def _weldiag_all(preds, targets):
+    r = evaluate(preds, targets, classes=4); r.errors().per_image(); return r
+
+def run(a, threads:str):
+    if threads == "1": torch.set_num_threads(1)
+    clock = time.process_time if threads == "1" else time.perf_counter
+    preds, targets = synthetic(a.images, a.dets)
+    gt, res = to_coco(preds, targets, 4)
+    tools = _coco_tools()
+    if a.skip_pycocotools: tools.pop("pycocotools")
+    loaded = {name: _load(gt, res, C) for name, (C, _) in tools.items()}
+    hot = next((n for n in tools if n.startswith("hotcoco")), None)
+    jobs = {"weldiag evaluate()": lambda: evaluate(preds, targets, classes=4),
+            **{name: (lambda n=name: _cocoeval(*loaded[n], tools[n][1])) for name in tools},
+            "weldiag evaluate+errors+per_image": lambda: _weldiag_all(preds, targets)}
+    if hot: jobs[f"{hot} + tide_errors()"] = lambda: _cocoeval(*loaded[hot], tools[hot][1], tide=True)
+    times, out = {k: [] for k in jobs}, {}
+    for i in range(a.repeats):                                                   # interleaved
+        for name, f in jobs.items():
+            if name == "pycocotools" and i >= a.pycocotools_repeats: continue
+            t, out[name] = _timed(f, clock); times[name].append(t)
+    print(f"\n== {'one thread (CPU time)' if threads == '1' else f'all threads ({os.cpu_count()} cores, wall time)'}: "
+          f"{a.images} images, {len(res)} detections, {len(gt['annotations'])} GTs; best of {a.repeats} "
+          f"(pycocotools {min(a.repeats, a.pycocotools_repeats)}); torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+    w = min(times["weldiag evaluate()"])
+    ref = np.asarray(out["pycocotools"].stats) if "pycocotools" in out else None
     for name, ts in times.items():
-        med = statistics.median(ts)
-        stats = r.stats if name == "weldiag" else np.asarray(results[name].stats)
-        print(f"{name:28s} median {med:8.2f} s   pycocotools / this = {base / med:6.2f}x   "
-              f"max |stats - pycocotools| = {np.abs(stats - ref.stats).max():.2e}")
-    print(f"max |precision - pycocotools| (weldiag, all T x R x K x A x M entries) = "
-          f"{np.abs(r.precision - ref.eval['precision']).max():.2e}")
+        stats = out[name].stats if name.startswith("weldiag") else np.asarray(out[name].stats)
+        diff = "" if ref is None else f"   max |stats - pycocotools| = {np.abs(np.asarray(stats) - ref).max():.2e}"
+        print(f"{name:40s} {min(ts):8.3f} s   this / weldiag evaluate() = {min(ts) / w:6.2f}x{diff}")
+    if hot:
+        h = min(times[hot])
+        print(f"weldiag evaluate() / {hot} = {w / h:.2f}x;  weldiag evaluate+errors+per_image / {hot} (AP only) = "
+              f"{min(times['weldiag evaluate+errors+per_image']) / h:.2f}x")
+    if ref is not None:
+        print(f"max |precision - pycocotools| (weldiag, all T x R x K x A x M entries) = "
+              f"{np.abs(out['weldiag evaluate()'].precision - out['pycocotools'].eval['precision']).max():.2e}")
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=3000); ap.add_argument("--dets", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pycocotools-repeats", type=int, default=1, help="pycocotools is slow: fewer repeats")
+    ap.add_argument("--skip-pycocotools", action="store_true")
+    ap.add_argument("--threads", choices=["1", "all", "both"], default="both")
+    a = ap.parse_args()
+    if a.threads != "both": return run(a, a.threads)
+    for th in ("1", "all"):       # each in a fresh process: thread pools read their environment once
+        env = {**os.environ, **({"OMP_NUM_THREADS": "1", "RAYON_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if th == "1" else {})}
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--threads", th], env=env, check=True)
 
 if __name__ == "__main__": main()

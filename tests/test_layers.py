@@ -3,7 +3,7 @@ circle; no private name crosses modules; only `weldiag/detectors/` checks torchv
 size rules: no module over 800 lines, no notebook export cell over 80 lines.
 
 Layers, each importing only its own and the ones below (`LAYERS`; the longest matching prefix wins):
-  0  spec, boxes, hooks, progress (and the compiled `_cstats`): shared types, box rules, the hook core
+  0  spec, boxes, hooks, progress (and the compiled `_cstats`, `_ceval`): shared types, box rules, the hook core
   1  data, zoo, gt_table: datasets and their drawing, the small model zoo, the per-GT table
   2  detectors: the interface and one adapter module per family
   3  load: `load_detector` (builder names, state_dicts, checkpoints, yamls)
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "weldiag"
 LAYERS = {
     "weldiag": 0, "weldiag.spec": 0, "weldiag.boxes": 0, "weldiag.hooks": 0, "weldiag.progress": 0, "weldiag._cstats": 0, "weldiag.safe_load": 0,
+    "weldiag._ceval": 0,
     "weldiag.data": 1, "weldiag.zoo": 1, "weldiag.gt_table": 1,
     "weldiag.detectors": 2,
     "weldiag.load": 3,
@@ -64,7 +65,7 @@ def _base(mod:str, is_pkg:bool, node:ast.ImportFrom)->str:
 
 def imports(mods:dict)->list:
     "(importer, imported module, name or None, line) for every weldiag import, in-function ones included"
-    known = set(mods) | {"weldiag._cstats"}
+    known = set(mods) | {"weldiag._cstats", "weldiag._ceval"}
     out = []
     for mod, text in mods.items():
         is_pkg = (PKG.parent / Path(*mod.split(".")) / "__init__.py").exists()

@@ -9,8 +9,8 @@ from weldiag.metrics import evaluate, to_coco
 
 K = 3
 
-def pycocotools_stats(preds, targets, max_dets):
-    gt, res = to_coco(preds, targets, K)
+def pycocotools_stats(preds, targets, max_dets, n_classes=K):
+    gt, res = to_coco(preds, targets, n_classes)
     with contextlib.redirect_stdout(io.StringIO()):
         cg = COCO(); cg.dataset = gt; cg.createIndex()
         E = COCOeval(cg, cg.loadRes(res), "bbox"); E.params.maxDets = list(max_dets)

@@ -43,8 +43,8 @@ def test_wheel_contains_sample(wheel):
     assert sum(n.startswith("weldiag/sample/lohi-weld/images/") and n.endswith(".jpg") for n in names) == 100
     assert sum(n.startswith("weldiag/sample/lohi-weld/labels/") and n.endswith(".txt") for n in names) == 100
     for f in ("detector.pt", "detector.json", "SOURCE.md"): assert f"weldiag/sample/detector/{f}" in names, f   # the trained demo detector
-    if shutil.which("cc") or shutil.which("gcc"):     # the C fast path of weldiag.activations is compiled into the wheel
-        assert any(n.startswith("weldiag/_cstats") and n.endswith((".so", ".pyd")) for n in names), names
+    if shutil.which("cc") or shutil.which("gcc"):     # the C fast paths of weldiag.activations / .metrics are compiled into the wheel
+        for ext in ("_cstats", "_ceval"): assert any(n.startswith(f"weldiag/{ext}") and n.endswith((".so", ".pyd")) for n in names), names
 
 
 def test_installed_wheel_loads_sample_offline(wheel, tmp_path):
@@ -69,6 +69,8 @@ def test_installed_wheel_loads_sample_offline(wheel, tmp_path):
         assert sample_detector().head.classification_head.num_classes == 4   # the shipped weights load from the wheel
         import weldiag.activations.ring as A
         assert A._cstats is None or Path(A._cstats.__file__).resolve().is_relative_to(Path({str(env_dir)!r}).resolve())
+        import weldiag.metrics.coco as C
+        assert C._ceval is None or Path(C._ceval.__file__).resolve().is_relative_to(Path({str(env_dir)!r}).resolve())
         print(len(a), a.n_boxes, len(t), t.n_boxes, len(v), v.n_boxes, ",".join(a.classes), weldiag.__file__)
         """)
     cwd = tmp_path / "elsewhere"; cwd.mkdir()

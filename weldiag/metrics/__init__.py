@@ -12,6 +12,7 @@ from .tide import ERROR_TYPES, ERROR_SHORT, RECALL_POINTS, ErrorBreakdown, error
 from .galleries import WORST, plot_worst
 from .report import MODES, EvalReport, evaluate, to_coco, to_tidecv
 from .predict import predict
+from .shards import EvalShard, evaluate_shard, merge_shards, evaluate_distributed
 
 # names the single-module weldiag.metrics offered through its own imports; kept so those import paths still work
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ _all_ = ['MODES', 'COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'ERROR_TYPES', 'ERROR_
          'imperfect_preds', 'Boxes', 'flatten_boxes', 'coco_iou', 'coco_match', 'coco_accumulate', 'coco_summarize',
          'voc_iou', 'voc_match', 'voc_ap', 'EvalReport', 'evaluate', 'to_coco', 'to_tidecv', 'pr_curve', 'plot_pr',
          'ThresholdSweep', 'threshold_sweep', 'Confusion', 'confusion', 'ErrorBreakdown', 'error_breakdown',
-         'plot_worst', 'predict', 'detection_metric']
+         'plot_worst', 'predict', 'EvalShard', 'evaluate_shard', 'merge_shards', 'evaluate_distributed', 'detection_metric']
 
 
 # %% auto #0
@@ -36,7 +37,8 @@ __all__ = ['MODES', 'COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'ERROR_TYPES', 'ERRO
            'imperfect_preds', 'Boxes', 'flatten_boxes', 'coco_iou', 'coco_match', 'coco_accumulate', 'coco_summarize',
            'voc_iou', 'voc_match', 'voc_ap', 'EvalReport', 'evaluate', 'to_coco', 'to_tidecv', 'pr_curve', 'plot_pr',
            'ThresholdSweep', 'threshold_sweep', 'Confusion', 'confusion', 'ErrorBreakdown', 'error_breakdown',
-           'plot_worst', 'predict', 'detection_metric']
+           'plot_worst', 'predict', 'EvalShard', 'evaluate_shard', 'merge_shards', 'evaluate_distributed',
+           'detection_metric']
 
 # %% ../../nbs/06_metrics.ipynb #8b462f5d
 def __getattr__(name:str):

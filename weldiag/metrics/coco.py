@@ -9,10 +9,14 @@ import torch
 
 from .inputs import Boxes
 
+try: from weldiag import _ceval      # the optional C matching / accumulation (weldiag/_ceval.c): the torch path is the reference
+except ImportError: _ceval = None
+FAST = True           # use the C kernel for CPU tensors when it is built (False: the torch path, bit-identical; tests compare them)
+
 
 # %% auto #0
-__all__ = ['COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'key_groups', 'xywh', 'coco_iou', 'coco_match', 'pr_at_recall',
-           'accumulate_order', 'coco_accumulate', 'coco_summarize']
+__all__ = ['FAST', 'COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'key_groups', 'xywh', 'coco_iou', 'fast_path', 'coco_match',
+           'pr_at_recall', 'accumulate_order', 'coco_accumulate', 'coco_summarize']
 
 # %% ../../nbs/06b_eval_coco.ipynb #66518ede
 COCO_IOUS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)  # pycocotools' iouThrs
@@ -27,9 +31,9 @@ def key_groups(key:torch.Tensor)->tuple:
     u, c = torch.unique_consecutive(key, return_counts=True)
     return u, c, torch.cumsum(c, 0) - c
 
-def _score_order(P:Boxes, K:int)->torch.Tensor:
+def _score_order(P:Boxes, K:int, so:torch.Tensor=None)->torch.Tensor:
     "Detections ordered by (image, class) group, score descending, then input order (stable, as pycocotools)"
-    o = torch.sort(-P.scores, stable=True).indices
+    o = torch.sort(-P.scores, stable=True).indices if so is None else so     # `so`: that score order, when made already
     return o[torch.sort((P.img * K + P.labels)[o], stable=True).indices]
 
 def _class_order(P:Boxes)->torch.Tensor:
@@ -102,7 +106,77 @@ def _live_first(iou, dpos, gpos, gval, live)->tuple:
     return iou[ob], dpos[ob], gpos[ob], gval[ob], cnt[ob].cpu().numpy()
 
 
+# %% ../../nbs/06b_eval_coco.ipynb #c3a1b2e5
+def _groups(dkey:torch.Tensor, gkey:torch.Tensor)->tuple:
+    "(start, count) of the detections and of the GTs of every (image, class) group that has both"
+    ud, cd, sd = key_groups(dkey); ug, cg, sg = key_groups(gkey)
+    if not (len(ud) and len(ug)): return (torch.zeros(0, dtype=torch.int64, device=dkey.device),) * 4
+    j = torch.searchsorted(ug, ud).clamp(max=len(ug) - 1); both = ug[j] == ud
+    return sd[both], cd[both], sg[j[both]], cg[j[both]]
+
+def _match_torch(dbox, gbox, gcrowd, g_ign, thr, og, groups, N:int, lo, hi)->tuple:
+    "The torch matching (any device): chunks of similar groups, one detection rank at a time"
+    sd, cd, sg, cg = groups; (A, _), T, dev = g_ign.shape, len(thr), dbox.device
+    s = torch.sort(cd, descending=True, stable=True).indices                  # by detections, then GT bucket
+    s = s[torch.sort(torch.ceil(torch.log2(cg[s].double())), stable=True).indices]
+    cd, sd, cg, sg = cd[s], sd[s], cg[s], sg[s]
+    d_counts, g_counts, out = cd.tolist(), cg.tolist(), []   # per step: (positions, hit (A,T,n), dig, matched GT (T,n))
+    for a, b, gmax in _chunks(d_counts, g_counts, A * T):
+        ar_d, ar_g = torch.arange(d_counts[a], device=dev), torch.arange(gmax, device=dev)
+        dval, gval = ar_d < cd[a:b, None], ar_g < cg[a:b, None]
+        dpos = torch.where(dval, sd[a:b, None] + ar_d, 0); gpos = torch.where(gval, sg[a:b, None] + ar_g, 0)
+        iou = coco_iou(dbox[dpos], gbox[gpos], gcrowd[gpos] & gval)          # (B, Dmax, Gmax)
+        live = ((iou * gval[:, None]).amax(-1) >= thr.min()) & dval          # (B, Dmax) can match some GT
+        iou, dpos, gpos, gval, cnt = _live_first(iou, dpos, gpos, gval, live)
+        hits, bests, digs = _match_chunk(iou, gval, gcrowd[gpos] & gval, g_ign[:, gpos], thr, cnt)
+        for r, (hit, best, dig) in enumerate(zip(hits, bests, digs)):
+            n = hit.shape[-1]
+            g_idx = og[gpos[:n].unsqueeze(0).expand(T, -1, -1).gather(-1, best[0].unsqueeze(-1)).squeeze(-1)]
+            out.append((dpos[:n, r], hit, dig, torch.where(hit[0], g_idx, -1)))
+    matched = torch.zeros(N, A, T, dtype=torch.bool, device=dev); ignored = torch.zeros_like(matched)
+    gt = torch.full((N, T), -1, dtype=torch.int64, device=dev)
+    if out:
+        p = torch.cat([o_[0] for o_ in out])
+        matched[p] = torch.cat([o_[1] for o_ in out], -1).permute(2, 0, 1)
+        ignored[p] = torch.cat([o_[2] for o_ in out], -1).permute(2, 0, 1)
+        gt[p] = torch.cat([o_[3] for o_ in out], -1).T
+    darea = dbox[:, 2] * dbox[:, 3]
+    d_out = (darea < lo) | (darea > hi)                                       # (A, N)
+    ignored |= ~matched & d_out.T[:, :, None]                                 # unmatched and outside the area range
+    return matched, ignored, gt
+
+def _match_c(dbox, gbox, gcrowd, g_ign, thr, og, groups, N:int, lo, hi)->tuple:
+    "The same matching by one call of the C kernel (CPU): one pass over each group's IoU matrix"
+    (A, Ng), T = g_ign.shape, len(thr)
+    dbox, gbox, thr = dbox.contiguous(), gbox.contiguous(), thr.contiguous()
+    crowd, ign = gcrowd.to(torch.uint8).contiguous(), g_ign.to(torch.uint8).contiguous()
+    sd, cd, sg, cg = (g.contiguous() for g in groups)
+    lo, hi = lo.reshape(-1).contiguous(), hi.reshape(-1).contiguous()
+    mt = torch.zeros(N, A, T, dtype=torch.uint8); dig = torch.zeros_like(mt)
+    gt, og = torch.full((N, T), -1, dtype=torch.int64), og.contiguous()
+    _ceval.match(dbox.data_ptr(), gbox.data_ptr(), crowd.data_ptr(), ign.data_ptr(), Ng, A, thr.data_ptr(), T,
+                 sd.data_ptr(), cd.data_ptr(), sg.data_ptr(), cg.data_ptr(), len(sd), N, mt.data_ptr(), dig.data_ptr(),
+                 gt.data_ptr(), lo.data_ptr(), hi.data_ptr(), og.data_ptr())
+    return mt.view(torch.bool), dig.view(torch.bool), gt
+
+def fast_path(*ts)->bool:
+    "True when the C kernels run: built, `FAST` on, and every tensor given on the CPU"
+    return _ceval is not None and FAST and all(t.device.type == "cpu" for t in ts)
+
 # %% ../../nbs/06b_eval_coco.ipynb #9465e56b
+def _group_order(P:Boxes, K:int, so:torch.Tensor, max_det:int)->tuple:
+    "The first `max_det` detections of each (image, class) by score (stable) in group order, and their rank"
+    o = _score_order(P, K, so); rank = _rank_in_group((P.img * K + P.labels)[o]); m = rank < max_det
+    return o[m], rank[m]
+
+def _group_order_c(P:Boxes, K:int, so:torch.Tensor, max_det:int)->tuple:
+    "The same by a stable counting sort in C"
+    key = (P.img * K + P.labels).contiguous(); so = so.contiguous()
+    keep, rank = torch.empty(len(key), dtype=torch.int64), torch.empty(len(key), dtype=torch.int64)
+    n = _ceval.group_order(so.data_ptr(), key.data_ptr(), len(key), int(key.max()) + 1 if len(key) else 0, max_det,
+                           keep.data_ptr(), rank.data_ptr())
+    return keep[:n], rank[:n]
+
 def coco_match(
     P:Boxes, G:Boxes, K:int,      # flattened predictions, targets, number of classes
     thrs:np.ndarray,              # (T,) IoU thresholds
@@ -111,50 +185,23 @@ def coco_match(
 )->dict:
     "pycocotools' `evaluateImg` for every image, class, area range and IoU threshold at once"
     dev = P.boxes.device
-    o = _score_order(P, K); dkey = (P.img * K + P.labels)[o]
-    rank = _rank_in_group(dkey); m = rank < max_det
-    keep, rank, dkey = o[m], rank[m], dkey[m]
+    so = torch.sort(-P.scores, stable=True).indices                           # score order, ties in input order
+    keep, rank = (_group_order_c if fast_path(P.boxes) else _group_order)(P, K, so, max_det)
+    dkey = (P.img * K + P.labels)[keep]
     og = torch.sort(G.img * K + G.labels, stable=True).indices
     gkey = (G.img * K + G.labels)[og]
-    A, T, N = len(area_rngs), len(thrs), len(keep)
+    N = len(keep)
     lo = torch.tensor([a[0] for a in area_rngs], dtype=torch.float64, device=dev)[:, None]
     hi = torch.tensor([a[1] for a in area_rngs], dtype=torch.float64, device=dev)[:, None]
     dbox, gbox = xywh(P.boxes[keep]), xywh(G.boxes[og])
-    darea, garea, gcrowd = dbox[:, 2] * dbox[:, 3], G.area[og], G.crowd[og]
+    garea, gcrowd = G.area[og], G.crowd[og]
     g_ign = gcrowd | (garea < lo) | (garea > hi)                              # (A, Ng)
-    out = []                                             # per step: (positions, hit (A,T,n), dig, matched GT (T,n))
-    ud, cd, sd = key_groups(dkey); ug, cg, sg = key_groups(gkey)
-    if len(ud) and len(ug):
-        j = torch.searchsorted(ug, ud).clamp(max=len(ug) - 1); both = ug[j] == ud
-        cd, sd, cg, sg = cd[both], sd[both], cg[j[both]], sg[j[both]]
-        s = torch.sort(cd, descending=True, stable=True).indices                  # by detections, then GT bucket
-        s = s[torch.sort(torch.ceil(torch.log2(cg[s].double())), stable=True).indices]
-        cd, sd, cg, sg = cd[s], sd[s], cg[s], sg[s]
-        thr = torch.tensor(np.minimum(thrs, 1 - 1e-10), dtype=torch.float64, device=dev)
-        d_counts, g_counts = cd.tolist(), cg.tolist()
-        for a, b, gmax in _chunks(d_counts, g_counts, A * T):
-            Dmax, ar_d, ar_g = d_counts[a], torch.arange(d_counts[a], device=dev), torch.arange(gmax, device=dev)
-            dval, gval = ar_d < cd[a:b, None], ar_g < cg[a:b, None]
-            dpos = torch.where(dval, sd[a:b, None] + ar_d, 0); gpos = torch.where(gval, sg[a:b, None] + ar_g, 0)
-            iou = coco_iou(dbox[dpos], gbox[gpos], gcrowd[gpos] & gval)          # (B, Dmax, Gmax)
-            live = ((iou * gval[:, None]).amax(-1) >= thr.min()) & dval          # (B, Dmax) can match some GT
-            iou, dpos, gpos, gval, cnt = _live_first(iou, dpos, gpos, gval, live)
-            hits, bests, digs = _match_chunk(iou, gval, gcrowd[gpos] & gval, g_ign[:, gpos], thr, cnt)
-            for r, (hit, best, dig) in enumerate(zip(hits, bests, digs)):
-                n = hit.shape[-1]
-                g_idx = og[gpos[:n].unsqueeze(0).expand(T, -1, -1).gather(-1, best[0].unsqueeze(-1)).squeeze(-1)]
-                out.append((dpos[:n, r], hit, dig, torch.where(hit[0], g_idx, -1)))
-    matched = torch.zeros(N, A, T, dtype=torch.bool, device=dev); ignored = torch.zeros_like(matched)
-    gt = torch.full((N, T), -1, dtype=torch.int64, device=dev)
-    if out:
-        p = torch.cat([o_[0] for o_ in out])
-        matched[p] = torch.cat([o_[1] for o_ in out], -1).permute(2, 0, 1)
-        ignored[p] = torch.cat([o_[2] for o_ in out], -1).permute(2, 0, 1)
-        gt[p] = torch.cat([o_[3] for o_ in out], -1).T
-    d_out = (darea < lo) | (darea > hi)                                       # (A, N)
-    ignored |= ~matched & d_out.T[:, :, None]                                 # unmatched and outside the area range
-    return dict(keep=keep, rank=rank, matched=matched, ignored=ignored, gt=gt, g_ign=g_ign, og=og)
-
+    thr = torch.tensor(np.minimum(thrs, 1 - 1e-10), dtype=torch.float64, device=dev)
+    match = _match_c if fast_path(dbox) else _match_torch
+    matched, ignored, gt = match(dbox, gbox, gcrowd, g_ign, thr, og, _groups(dkey, gkey), N, lo, hi)
+    pos = torch.full((len(P),), -1, dtype=torch.int64, device=dev); pos[keep] = torch.arange(N, device=dev)
+    s = pos[so]                                                               # kept positions in score order
+    return dict(keep=keep, rank=rank, matched=matched, ignored=ignored, gt=gt, g_ign=g_ign, og=og, score_order=s[s >= 0])
 
 # %% ../../nbs/06b_eval_coco.ipynb #e1873ac7
 def pr_at_recall(tps:torch.Tensor, fps:torch.Tensor, npig:int, rec_thrs:torch.Tensor)->tuple:
@@ -176,6 +223,18 @@ def accumulate_order(P:Boxes, keep:torch.Tensor)->torch.Tensor:
     o = o[torch.sort(-P.scores[keep][o], stable=True).indices]
     return o[torch.sort(P.labels[keep][o], stable=True).indices]
 
+def _accumulate_c(P:Boxes, m:dict, K:int, npig:list, max_dets:tuple, precision:np.ndarray, recall:np.ndarray):
+    "All (class, area, max-dets) curves by one call of the C kernel, written into `precision` / `recall` in place"
+    (N, A, T) = m["matched"].shape
+    u8 = lambda x: x.contiguous().view(torch.uint8) if x.dtype == torch.bool else x.to(torch.uint8).contiguous()
+    mt, ig = u8(m["matched"]), u8(m["ignored"])
+    rank, so, lab = m["rank"].contiguous(), m["score_order"].contiguous(), P.labels[m["keep"]].contiguous()
+    npig, md = torch.tensor(npig, dtype=torch.int64).reshape(A, K), torch.tensor(max_dets, dtype=torch.int64)
+    rec = np.ascontiguousarray(REC_THRS)
+    _ceval.accumulate(mt.data_ptr(), ig.data_ptr(), rank.data_ptr(), so.data_ptr(), lab.data_ptr(), N, A, T, K,
+                      npig.data_ptr(), md.data_ptr(), len(max_dets), rec.ctypes.data, len(rec), precision.ctypes.data,
+                      recall.ctypes.data)
+
 def coco_accumulate(P:Boxes, G:Boxes, K:int, m:dict, max_dets:tuple, area_rngs:list)->tuple:
     "precision (T, R, K, A, M) and recall (T, K, A, M) exactly as `COCOeval.accumulate`"
     (_, A, T), R, M, dev = m["matched"].shape, len(REC_THRS), len(max_dets), P.boxes.device
@@ -183,6 +242,9 @@ def coco_accumulate(P:Boxes, G:Boxes, K:int, m:dict, max_dets:tuple, area_rngs:l
     rec_thrs = torch.tensor(REC_THRS, dtype=torch.float64, device=dev)
     glab = G.labels[m["og"]]
     npig = torch.stack([torch.bincount(glab[~m["g_ign"][a]], minlength=K) for a in range(A)]).tolist()  # (A, K)
+    if fast_path(m["matched"]) and "score_order" in m:
+        _accumulate_c(P, m, K, npig, max_dets, precision, recall)
+        return precision, recall
     o = accumulate_order(P, m["keep"])
     mt, ig, rank = m["matched"][o], m["ignored"][o], m["rank"][o]             # (N, A, T) in accumulate order
     tps, fps = mt & ~ig, ~mt & ~ig
@@ -197,6 +259,7 @@ def coco_accumulate(P:Boxes, G:Boxes, K:int, m:dict, max_dets:tuple, area_rngs:l
                 precision[:, :, k, a, mi], recall[:, k, a, mi] = q.cpu().numpy(), rc.cpu().numpy()
     return precision, recall
 
+# %% ../../nbs/06b_eval_coco.ipynb #5e7b9d21
 def coco_summarize(precision:np.ndarray, recall:np.ndarray, iou_thrs:np.ndarray, max_dets:tuple)->np.ndarray:
     """The 12 numbers of `COCOeval.summarize()` (means over entries > -1; -1 when there are none).
     One deliberate difference: AP (stats[0]) reads the largest max-dets, where pycocotools reads maxDets == 100

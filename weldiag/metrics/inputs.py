@@ -68,13 +68,19 @@ def _first_bad(bad:torch.Tensor, img:torch.Tensor, counts_start:torch.Tensor)->t
     return i, k - int(counts_start[i])
 
 def _as_tensor(v, name:str, i:int, key:str, dtype, device, shape_tail=()):
-    t = torch.as_tensor(v).to(device=device, dtype=dtype)
-    n_tail = int(np.prod(shape_tail)) if shape_tail else 1
+    "`v` as a tensor on `device` with its shape checked; its dtype is left for `_cat` (one conversion for all images)"
+    t = v if torch.is_tensor(v) else torch.as_tensor(v)
+    if t.device != device: t = t.to(device)
+    if t.ndim == len(shape_tail) + 1 and t.shape[1:] == shape_tail: return t
     if t.numel() == 0: return t.reshape(0, *shape_tail)
-    if tuple(t.shape[1:]) != tuple(shape_tail) or (not shape_tail and t.ndim != 1):
-        raise ValueError(f"{name}[{i}][{key!r}]: expected shape (N{', ' if shape_tail else ''}"
-                         f"{', '.join(map(str, shape_tail))}), got {tuple(t.shape)}")
-    return t
+    raise ValueError(f"{name}[{i}][{key!r}]: expected shape (N{', ' if shape_tail else ''}"
+                     f"{', '.join(map(str, shape_tail))}), got {tuple(t.shape)}")
+
+def _cat(vs:list, dtype, device, shape=(0,))->torch.Tensor:
+    "Concatenate per-image tensors and convert once to `dtype` (each first when their dtypes differ)"
+    if not vs: return torch.zeros(shape, dtype=dtype, device=device)
+    if any(v.dtype != vs[0].dtype for v in vs): vs = [v.to(dtype) for v in vs]
+    return torch.cat(vs).to(dtype)
 
 def boxes_device(items)->torch.device:
     for d in items:
@@ -82,7 +88,6 @@ def boxes_device(items)->torch.device:
             dev = d["boxes"].device
             return torch.device("cpu") if dev.type == "mps" else dev  # float64 is not available on MPS
     return torch.device("cpu")
-
 
 # %% ../../nbs/06a_eval_inputs.ipynb #9aad8ce7
 def flatten_boxes(
@@ -97,6 +102,9 @@ def flatten_boxes(
     need = ("boxes", "labels", "scores") if is_pred else ("boxes", "labels")
     cols = {k: [] for k in ("boxes", "labels", "scores", "crowd", "difficult", "area")}
     counts = []
+    extra = [("labels", torch.int64, True)] + ([("scores", torch.float64, True)] if is_pred else
+             [("iscrowd", torch.bool, False), ("difficult", torch.bool, False), ("area", torch.float64, False)])
+    extra = [(k, {"iscrowd": "crowd"}.get(k, k), dt, required) for k, dt, required in extra]
     for i, d in enumerate(items):
         if not isinstance(d, Mapping): raise TypeError(f"{name}[{i}]: expected a dict with keys {need}, got {type(d).__name__}")
         for k in need:
@@ -104,11 +112,8 @@ def flatten_boxes(
         b = _as_tensor(d["boxes"], name, i, "boxes", torch.float64, device, (4,))
         n = len(b); counts.append(n)
         cols["boxes"].append(b)
-        extra = [("labels", torch.int64, True)] + ([("scores", torch.float64, True)] if is_pred else
-                 [("iscrowd", torch.bool, False), ("difficult", torch.bool, False), ("area", torch.float64, False)])
-        for k, dt, required in extra:
-            key = {"iscrowd": "crowd"}.get(k, k)
-            if k not in d or d[k] is None:
+        for k, key, dt, required in extra:
+            if d.get(k) is None:
                 if not required: cols[key].append(None)
                 continue
             v = _as_tensor(d[k], name, i, k, dt, device)
@@ -117,7 +122,7 @@ def flatten_boxes(
     counts_t = torch.tensor(counts, dtype=torch.int64, device=device)
     img = torch.repeat_interleave(torch.arange(len(items), device=device), counts_t)
     starts = torch.cumsum(counts_t, 0) - counts_t
-    cat = lambda vs, dt, shape=(0,): torch.cat(vs) if vs else torch.zeros(shape, dtype=dt, device=device)
+    cat = lambda vs, dt, shape=(0,): _cat(vs, dt, device, shape)
     boxes, labels = cat(cols["boxes"], torch.float64, (0, 4)), cat(cols["labels"], torch.int64)
     def check(bad, what):
         if bool(bad.any()):
@@ -137,8 +142,7 @@ def flatten_boxes(
         out.scores = cat(cols["scores"], torch.float64)
         check(torch.isnan(out.scores), "has a NaN score")
         return out
-    fill = lambda key, dt, default: torch.cat([v if v is not None else default(n) for v, n in zip(cols[key], counts)]) \
-        if counts else torch.zeros(0, dtype=dt, device=device)
+    fill = lambda key, dt, default: cat([v if v is not None else default(n) for v, n in zip(cols[key], counts)], dt)
     false = lambda n: torch.zeros(n, dtype=torch.bool, device=device)
     out.crowd = fill("crowd", torch.bool, false)
     out.ignore = out.crowd | fill("difficult", torch.bool, false)
@@ -146,7 +150,6 @@ def flatten_boxes(
     given = fill("area", torch.float64, lambda n: torch.full((n,), float("nan"), dtype=torch.float64, device=device))
     out.area = torch.where(torch.isnan(given), wh_area, given)
     return out
-
 
 # %% ../../nbs/06a_eval_inputs.ipynb #c08912ce
 class single_thread:

@@ -20,7 +20,7 @@ from .galleries import plot_worst
 
 
 # %% auto #0
-__all__ = ['MODES', 'EvalReport', 'evaluate', 'to_coco', 'to_tidecv']
+__all__ = ['MODES', 'EvalReport', 'match_images', 'report_of', 'evaluate', 'evaluation_inputs', 'to_coco', 'to_tidecv']
 
 # %% ../../nbs/06g_eval_report.ipynb #351b180e
 class _Analyses:
@@ -44,9 +44,11 @@ class _Analyses:
         "Gallery of the images with the most missed GTs (`kind='missed'`), false positives ('fp') or localisation errors ('loc')"
         return plot_worst(self, images, kind, n, score_thr, iou, bg_iou)
     def _at_iou(self, iou:float)->EvalReport:
-        "This evaluation again at the single IoU threshold `iou` (the error breakdown types errors there)"
+        """This evaluation at the single IoU threshold `iou` (the error breakdown types errors there): a slice of this
+        report when `iou` was evaluated (each threshold's matching is independent of the others), else evaluated again"""
+        t = np.flatnonzero(self.iou_thresholds == iou)
+        if len(t): return _at_threshold(self, int(t[0]))
         return _run(self.preds, self.targets, self.classes, self.mode, np.array([iou]), self.max_dets)
-
 
 # %% ../../nbs/06g_eval_report.ipynb #81d19c6e
 @dataclass(repr=False)
@@ -147,13 +149,18 @@ def _max_dets(max_dets)->tuple:
 
 
 # %% ../../nbs/06g_eval_report.ipynb #5f9f191e
-def _run(P:Boxes, G:Boxes, classes:list, mode:str, thrs:np.ndarray, max_dets:tuple)->EvalReport:
-    "Evaluate flattened, validated boxes; everything moves to the host at the end"
-    K = len(classes)
+def match_images(P:Boxes, G:Boxes, K:int, mode:str, thrs:np.ndarray, max_dets:tuple)->tuple:
+    "The per-image part of an evaluation (independent image by image): (the targets as the mode reads them, the matching dict)"
     if mode == "coco":                # pycocotools knows no "difficult": only crowd GTs are ignored
         G = Boxes(G.img, G.boxes, G.labels, ignore=G.crowd, crowd=G.crowd, area=G.area, n_images=G.n_images)
+        return G, coco_match(P, G, K, thrs, list(AREA_RANGES.values()), max_dets[-1])
+    return G, voc_match(P, G, K, thrs)
+
+def report_of(P:Boxes, G:Boxes, classes:list, mode:str, thrs:np.ndarray, max_dets:tuple, m:dict)->EvalReport:
+    "The whole-dataset part: accumulate the matching `m` of `match_images` into the report; everything moves to the host"
+    K = len(classes)
+    if mode == "coco":
         areas = list(AREA_RANGES.values())
-        m = coco_match(P, G, K, thrs, areas, max_dets[-1])
         precision, recall = coco_accumulate(P, G, K, m, max_dets, areas)
         stats = coco_summarize(precision, recall, thrs, max_dets)
         pa = precision[:, :, :, 0, -1]                                          # (T, R, K)
@@ -161,7 +168,7 @@ def _run(P:Boxes, G:Boxes, classes:list, mode:str, thrs:np.ndarray, max_dets:tup
                            for t in range(len(thrs))])
         names = ["AP", "AP50", "AP75", "APs", "APm", "APl", *[f"AR{d}" for d in max_dets], "ARs", "ARm", "ARl"]
     else:
-        m = voc_match(P, G, K, thrs); precision = recall = None
+        precision = recall = None
         o = accumulate_order(P, m["keep"]).cpu().numpy(); lab = P.labels.cpu().numpy()[o]
         mt, ig = m["matched"][:, 0].T.cpu().numpy()[:, o], m["ignored"][:, 0].T.cpu().numpy()[:, o]
         npos = np.bincount(G.labels[~G.ignore].cpu().numpy(), minlength=K)
@@ -174,6 +181,22 @@ def _run(P:Boxes, G:Boxes, classes:list, mode:str, thrs:np.ndarray, max_dets:tup
                       (m["matched"][:, 0] & ~m["ignored"][:, 0]).T.cpu().numpy(), m["ignored"][:, 0].T.cpu().numpy(),
                       m["gt"].T.cpu().numpy())
 
+def _run(P:Boxes, G:Boxes, classes:list, mode:str, thrs:np.ndarray, max_dets:tuple)->EvalReport:
+    "Evaluate flattened, validated boxes: match image by image, then accumulate"
+    G, m = match_images(P, G, len(classes), mode, thrs, max_dets)
+    return report_of(P, G, classes, mode, thrs, max_dets, m)
+
+# %% ../../nbs/06g_eval_report.ipynb #7d2e4c19
+def _at_threshold(r:EvalReport, t:int)->EvalReport:
+    "Report `r` cut to its IoU threshold index `t`: what `_run` gives at that one threshold (tests compare the two)"
+    thrs, ap_iou = r.iou_thresholds[t:t + 1], r.ap_iou[t:t + 1]
+    if r.mode == "coco":
+        precision, recall = r.precision[t:t + 1], r.recall[t:t + 1]
+        stats = coco_summarize(precision, recall, thrs, r.max_dets)
+    else: precision = recall = None; stats = np.array([float(nanmean(ap_iou))])
+    return EvalReport(r.mode, r.classes, thrs, r.max_dets, stats, r.stat_names, dict(enumerate(nanmean(ap_iou, 0).tolist())),
+                      ap_iou, precision, recall, r.preds, r.targets, r.det, r.rank, r.tp[t:t + 1], r.ignored[t:t + 1],
+                      r.gt[t:t + 1])
 
 # %% ../../nbs/06g_eval_report.ipynb #3d928b0f
 MODES = ("coco", "voc07", "voc")
@@ -187,6 +210,12 @@ def evaluate(
     max_dets=100,             # COCO: detections kept per image and class (maxDets = 1, 10, max_dets); VOC keeps all
 )->EvalReport:
     "mAP equal to pycocotools (COCO) or the classic VOC devkit (VOC07 / VOC), with per-class breakdowns"
+    with single_thread():       # checks and flattening too: thousands of tiny ops, where thread hand-offs cost more than they give
+        P, G, classes, thrs, max_dets = evaluation_inputs(preds, targets, mode, iou_thresholds, classes, max_dets)
+        return _run(P, G, classes, mode, thrs, max_dets)
+
+def evaluation_inputs(preds:list, targets:list, mode:str="coco", iou_thresholds=None, classes=None, max_dets=100)->tuple:
+    "`evaluate`'s checks and flattening: (preds, targets as `Boxes`, class names, IoU thresholds, max-dets)"
     if mode not in MODES: raise ValueError(f"mode={mode!r}: expected one of {MODES}")
     if len(preds) != len(targets):
         raise ValueError(f"preds has {len(preds)} images but targets has {len(targets)}: pass one dict per image, in the same order")
@@ -194,8 +223,7 @@ def evaluate(
     dev = boxes_device([*preds, *targets])
     G = flatten_boxes(targets, "targets", len(classes), dev)
     P = flatten_boxes(preds, "preds", len(classes), dev)
-    with single_thread(): return _run(P, G, classes, mode, _thresholds(mode, iou_thresholds), _max_dets(max_dets))
-
+    return P, G, classes, _thresholds(mode, iou_thresholds), _max_dets(max_dets)
 
 # %% ../../nbs/06g_eval_report.ipynb #592c3886
 def to_coco(

@@ -11,11 +11,12 @@ import torch
 import matplotlib.pyplot as plt
 
 from .inputs import Boxes, single_thread
-from .coco import REC_THRS, pr_at_recall
+from .coco import REC_THRS, pr_at_recall, fast_path, xywh
 from .voc import voc_ap
 from .analyses import nanmean, pct, colors, image_pairs
 
-
+try: from weldiag import _ceval      # the optional C kernels (weldiag/_ceval.c); the torch / numpy path is the reference
+except ImportError: _ceval = None
 
 # %% auto #0
 __all__ = ['ERROR_TYPES', 'ERROR_SHORT', 'RECALL_POINTS', 'ErrorBreakdown', 'error_breakdown']
@@ -33,6 +34,29 @@ def _best_gt(d:torch.Tensor, g:torch.Tensor, v:torch.Tensor, n:int)->tuple:
     first = torch.full((n,), 1 << 62, dtype=torch.int64).scatter_reduce(0, d[top], g[top], "amin")
     return best.numpy(), torch.where(best >= 0, first, -1).numpy()
 
+def _fp_best(base:EvalReport, fp:np.ndarray)->tuple:
+    "Per false positive: best IoU with a real GT of its image of its own class (s, that GT gs) and of another (o, go)"
+    P, G, n = base.preds, base.targets, len(base.preds)
+    if base.mode == "coco" and fast_path(P.boxes, G.boxes): return _fp_best_c(P, G, fp)
+    d, g, v = image_pairs(base, torch.as_tensor(fp, dtype=torch.int64), torch.nonzero(~G.ignore)[:, 0])
+    same = P.labels[d] == G.labels[g]
+    s, gs = (a[fp] for a in _best_gt(d[same], g[same], v[same], n))
+    o, go = (a[fp] for a in _best_gt(d[~same], g[~same], v[~same], n))
+    return s, gs, o, go
+
+def _fp_best_c(P:Boxes, G:Boxes, fp:np.ndarray)->tuple:
+    "The same in one C pass over each image's GTs (COCO IoU), without materialising the pairs"
+    real = torch.nonzero(~G.ignore)[:, 0]; real = real[torch.sort(G.img[real], stable=True).indices]
+    n_img = max(P.n_images, G.n_images, int(P.img.max()) + 1 if len(P) else 0)
+    gstart = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(G.img[real], minlength=n_img).cumsum(0)])
+    f = torch.as_tensor(fp, dtype=torch.int64)
+    db, dimg, dlab = xywh(P.boxes[f]).contiguous(), P.img[f].contiguous(), P.labels[f].contiguous()
+    gb, glab, gc = xywh(G.boxes[real]).contiguous(), G.labels[real].contiguous(), G.crowd[real].to(torch.uint8).contiguous()
+    s, o = np.empty(len(f)), np.empty(len(f)); gs, go = np.empty(len(f), dtype=np.int64), np.empty(len(f), dtype=np.int64)
+    _ceval.best_gt(db.data_ptr(), dimg.data_ptr(), dlab.data_ptr(), len(f), gb.data_ptr(), real.data_ptr(), glab.data_ptr(),
+                   gc.data_ptr(), gstart.data_ptr(), s.ctypes.data, gs.ctypes.data, o.ctypes.data, go.ctypes.data)
+    return s, gs, o, go
+
 def _error_kinds(s:np.ndarray, o:np.ndarray, iou:float, bg_iou:float)->np.ndarray:
     "TIDE's type of each false positive from its best IoU with a GT of its own class (s) and of another class (o)"
     return np.select([(s >= bg_iou) & (s <= iou), o >= iou, s >= iou, np.maximum(s, o) <= bg_iou],
@@ -46,11 +70,24 @@ def _fix_one_per_gt(fp:np.ndarray, score:np.ndarray, target:np.ndarray, aims:np.
     best[i[np.r_[True, target[i][1:] != target[i][:-1]]] if len(i) else i] = True
     return best
 
+def _map_of_c(labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray, rec_thrs, so=None)->float:
+    "The COCO case of `_map_of` by the C accumulate kernel (one area range, one IoU, no max-dets cut); `so`: the stable score order if known"
+    N, K, rec = len(labels), len(npos), np.ascontiguousarray(rec_thrs, dtype=np.float64)
+    mt = np.ascontiguousarray(tp, dtype=np.uint8); ig = np.zeros(N, dtype=np.uint8); rank = np.zeros(N, dtype=np.int64)
+    so = np.ascontiguousarray(np.argsort(-scores, kind="stable") if so is None else so, dtype=np.int64); lab = np.ascontiguousarray(labels, dtype=np.int64)
+    npig, md = np.ascontiguousarray(npos, dtype=np.int64), np.ones(1, dtype=np.int64)
+    prec, rc = -np.ones((1, len(rec), K, 1, 1)), -np.ones((1, K, 1, 1))
+    _ceval.accumulate(mt.ctypes.data, ig.ctypes.data, rank.ctypes.data, so.ctypes.data, lab.ctypes.data, N, 1, 1, K,
+                      npig.ctypes.data, md.ctypes.data, 1, rec.ctypes.data, len(rec), prec.ctypes.data, rc.ctypes.data)
+    aps = [float(torch.as_tensor(np.ascontiguousarray(prec[0, :, k, 0, 0])[None]).mean()) if n else np.nan for k, n in enumerate(npos)]
+    return float(nanmean(np.array(aps)))
+
 RECALL_POINTS = {"pycocotools": REC_THRS,            # np.linspace(0, 1, 101): the report's own AP
                  "tidecv": np.arange(101) / 100}       # k / 100: tidecv's grid (differs in the last bit at 10 points)
 
-def _map_of(mode:str, labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray, rec_thrs=REC_THRS)->float:
+def _map_of(mode:str, labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray, rec_thrs=REC_THRS, so=None)->float:
     "mAP of scored TP / FP flags under the mode's AP (COCO: 101 recall points; VOC: the devkit); classes without GT: nan"
+    if mode == "coco" and fast_path(): return _map_of_c(labels, scores, tp, npos, rec_thrs, so)
     o = np.lexsort((np.arange(len(labels)), -scores, labels))              # pycocotools' / the devkit's order
     labels, tp = labels[o], tp[o]
     rec_thrs, aps = torch.as_tensor(rec_thrs), []
@@ -82,10 +119,7 @@ def _tide(base:EvalReport, iou:float, bg_iou:float)->_Tide:
     P, G, n = base.preds, base.targets, len(base.preds)
     det, tp, ign = base.det, base.tp[0], base.ignored[0]
     fp = det[~tp & ~ign]
-    d, g, v = image_pairs(base, torch.as_tensor(fp, dtype=torch.int64), torch.nonzero(~G.ignore)[:, 0])
-    same = P.labels[d] == G.labels[g]
-    s, gs = (a[fp] for a in _best_gt(d[same], g[same], v[same], n))
-    o, go = (a[fp] for a in _best_gt(d[~same], g[~same], v[~same], n))
+    s, gs, o, go = _fp_best(base, fp)
     kind = _error_kinds(s, o, iou, bg_iou)
     used = np.zeros(len(G), dtype=bool); used[base.gt[0][tp]] = True
     target = np.select([kind == "localisation", kind == "classification"], [gs, go], -1)
@@ -101,10 +135,13 @@ def _fixed_maps(base:EvalReport, t:_Tide, rec_thrs=REC_THRS)->tuple:
     P, G, K = base.preds, base.targets, len(base.classes)
     lab, score, glab = P.labels.numpy(), P.scores.numpy(), G.labels.numpy()
     npos = np.bincount(glab[~G.ignore.numpy()], minlength=K)
+    full = np.argsort(-score[np.r_[t.tp, t.fp]], kind="stable")           # one score sort for all seven mAPs
     def score_of(fixed, relabel, drop, npos):
         d = np.r_[t.tp, t.fp[~drop]]
         l = np.r_[lab[t.tp], np.where(relabel, np.r_[glab, -1][t.target], lab[t.fp])[~drop]]
-        return _map_of(base.mode, l, score[d], np.r_[np.ones(len(t.tp), bool), fixed[~drop]], npos, rec_thrs)
+        kept = np.r_[np.ones(len(t.tp), bool), ~drop]
+        so = (np.cumsum(kept) - 1)[full[kept[full]]]                       # = argsort(-score[d], stable)
+        return _map_of(base.mode, l, score[d], np.r_[np.ones(len(t.tp), bool), fixed[~drop]], npos, rec_thrs, so)
     no = np.zeros(len(t.fp), dtype=bool)
     base_map = score_of(no, no, no, npos)
     delta = {}
@@ -141,16 +178,19 @@ class ErrorBreakdown:
         missed = g[~(g.found >= thr) & ~(g.aimed >= thr)].assign(error="missed", score=np.nan, iou=np.nan, det_id=pd.NA)
         cols = ["image", "error", "cls", "score", "x1", "y1", "x2", "y2", "iou", "det_id", "gt_id"]
         t = pd.concat([fp.assign(m=0), missed.assign(m=1)], ignore_index=True)
-        t = t.sort_values(["image", "m", "score"], ascending=[True, True, False], kind="stable")[cols].reset_index(drop=True)
+        t = t.iloc[np.lexsort((-t.score.to_numpy(), t.m.to_numpy(), t.image.to_numpy()))][cols].reset_index(drop=True)
         t["error"] = pd.Categorical(t.error, ERROR_TYPES)
         t[["det_id", "gt_id"]] = t[["det_id", "gt_id"]].astype("Int64")
         return t
     def per_image(self, score_thr:float=None)->pd.DataFrame:
-        "Per image: all false positives (FP) and the errors of each type at `score_thr`"
-        t = self.table(score_thr)
-        c = pd.DataFrame({e: t[t.error == e].groupby("image").size() for e in ERROR_TYPES})
-        c = c.reindex(range(self.n_images)).fillna(0).astype(int)
-        c.insert(0, "FP", c[list(ERROR_TYPES[:-1])].sum(axis=1))
+        "Per image: all false positives (FP) and the errors of each type at `score_thr` (the rows of `table` counted)"
+        thr = -np.inf if score_thr is None else float(score_thr)
+        d, g, n = self.dets, self.gts, self.n_images
+        fp = d[d.error.notna() & (d.score >= thr)]
+        miss = g[~(g.found >= thr) & ~(g.aimed >= thr)]
+        count = lambda img: np.bincount(img.to_numpy(np.int64), minlength=n)[:n] if n else np.zeros(0, np.int64)
+        c = {e: count(fp.image[(fp.error == e).to_numpy()]) for e in ERROR_TYPES[:-1]}
+        c = pd.DataFrame({"FP": sum(c.values()) if c else count(fp.image), **c, "missed": count(miss.image)}, index=pd.RangeIndex(n))
         return c.rename_axis("image")
     def to_frame(self)->pd.DataFrame:
         return pd.DataFrame({"count": self.counts.sum(axis=1), "dmAP": self.delta_map}).rename_axis("error")
@@ -176,7 +216,6 @@ class ErrorBreakdown:
         return axs
     def __repr__(self): return f"ErrorBreakdown(base mAP{pct(self.iou)}={self.base_map:.4f})\n{self.to_frame().round(4)}"
     def _repr_html_(self): return f"<b>ErrorBreakdown</b> (base mAP{pct(self.iou)} {self.base_map:.4f})" + self.to_frame().round(4).to_html()
-
 
 # %% ../../nbs/06e_eval_tide.ipynb #cc3441b9
 def _f3(v:float)->str: return f"{v:.3f}" if np.isfinite(v) else "n/a"
@@ -206,12 +245,12 @@ def error_breakdown(
     counts.loc["missed"] = np.bincount(G.labels.numpy()[t.missed], minlength=K)
     score = P.scores.numpy()
     d = np.r_[t.tp, t.fp]
-    gt = np.r_[t.tp_gt, t.target]
-    dets = _frame(P, d, classes, det_id=d, score=score[d], error=pd.Categorical(np.r_[[None] * len(t.tp), t.kind], ERROR_TYPES),
-                  iou=np.r_[np.full(len(t.tp), np.nan), t.iou], gt_id=pd.array(np.where(gt >= 0, gt, None), dtype="Int64"))
-    dets = dets.sort_values(["image", "score"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    o = np.lexsort((-score[d], P.img.numpy()[d]))                         # image, then score descending (stable)
+    d, gt = d[o], np.r_[t.tp_gt, t.target][o]
+    kind = np.r_[np.full(len(t.tp), None, dtype=object), t.kind.astype(object)][o]
+    dets = _frame(P, d, classes, det_id=d, score=score[d], error=pd.Categorical(kind, ERROR_TYPES),
+                  iou=np.r_[np.full(len(t.tp), np.nan), t.iou][o], gt_id=pd.arrays.IntegerArray(gt.astype(np.int64), gt < 0))
     real = np.flatnonzero(~G.ignore.numpy())
     best = lambda idx, s: pd.Series(s).groupby(idx).max().reindex(real).to_numpy() if len(idx) else np.full(len(real), np.nan)
     gts = _frame(G, real, classes, gt_id=real, found=best(t.tp_gt, score[t.tp]), aimed=best(t.target[t.aims], score[t.fp][t.aims]))
     return ErrorBreakdown(counts, pd.Series(delta, name="dmAP"), base_map, iou, bg_iou, dets, gts, P.n_images)
-
