@@ -157,7 +157,7 @@ def test_no_family_type_checks_outside_detectors():
 
 def test_one_module_per_detector_family():
     fams = {p.stem for p in (PKG / "detectors").glob("*.py")} - {"__init__", "base"}
-    assert fams >= {"torchvision", "yolov5", "fastai_ssd", "ultralytics"}, fams
+    assert fams >= {"torchvision", "yolov5", "fastai_ssd", "ultralytics", "rtdetr"}, fams
 
 
 def test_the_guard_catches_what_it_guards(tmp_path):

@@ -38,7 +38,7 @@ def _letterboxed_boxes(rec, imgsz):
     return torch.from_numpy(LetterBox((imgsz, imgsz), auto=False)(labels=lab)["instances"].bboxes).float()
 
 
-@pytest.mark.parametrize("imgsz", [160, 320])
+@pytest.mark.parametrize("imgsz", [320])
 def test_both_branches_candidates_equal_ultralytics(y26, imgsz):
     "Per GT and branch: the candidate count = that branch's own E2ELoss assigner on ultralytics' letterbox; no DFL rule"
     weld = weld_sample()
@@ -51,7 +51,7 @@ def test_both_branches_candidates_equal_ultralytics(y26, imgsz):
         asg = getattr(crit, b).assigner                        # the installed criterion's own, per branch
         assert (a.rule["topk"], a.rule["topk2"]) == (asg.topk, asg.topk2)
         assert not (a.frame["status"] == "beyond DFL range").any()   # reg_max == 1: nothing bounds the distances
-        for i in range(0, len(weld), 3):
+        for i in range(0, len(weld), 4):
             boxes = _letterboxed_boxes(weld[i], imgsz)
             ref = asg.select_candidates_in_gts(pts, boxes[None], torch.ones(1, len(boxes), 1))[0].sum(-1)
             assert a.frame.loc[a.frame["image"] == i, "n_candidates"].tolist() == ref.tolist(), (b, i)

@@ -15,7 +15,7 @@ from .steps import Run
 __all__ = ['FIT_IMAGES', 'val_predictions', 'decisions_step', 'calibration_step']
 
 # %% ../../nbs/08f_report_decisions.ipynb #19041978
-FIT_IMAGES = 200          # train images whose predictions fit the recalibration (40 with --fast)
+FIT_IMAGES = 200          # train images whose predictions fit the recalibration (16 with --fast)
 
 def val_predictions(run:Run)->tuple:
     "The evaluation step's (preds, targets) on the evaluated split; predicted here when it did not run"
@@ -100,7 +100,7 @@ def decisions_step(run:Run):
 # %% ../../nbs/08f_report_decisions.ipynb #050abdeb
 def _recalibration(run:Run, cal, split:str)->dict:
     "Temperature, Platt and isotonic recalibration fitted on the train split's detections, ECE measured on `split`"
-    rep, n = run.report, min(len(run.train), 40 if run.cfg.fast else FIT_IMAGES)
+    rep, n = run.report, min(len(run.train), 16 if run.cfg.fast else FIT_IMAGES)
     ptr, ttr = predict(run.model, run.loader(run.train[:n]), device=run.device, progress=False)
     fits = {m: calibration(ptr, ttr, classes=run.classes).fit(m, held_out=cal) for m in METHODS}
     rep.heading("Recalibration")

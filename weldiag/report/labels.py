@@ -47,7 +47,8 @@ def labels_step(run, k:int=6):
     rep.section("Label quality", "Which labels to check first: each box of the evaluated split scored against the model's "
                 "predictions on it (out of sample: the model trained on the train split) for an overlooked object, a "
                 "swapped class or a badly located box (weldiag's rule; `method='cleanlab'` gives cleanlab's). Low = suspicious.")
-    preds, targets = predict(run.model, run.loader(run.valid), device=run.device, progress=False)
+    preds, targets = getattr(run, "preds", None), getattr(run, "targets", None)   # the evaluation step's, when it ran
+    if preds is None: preds, targets = predict(run.model, run.loader(run.valid), device=run.device, progress=False)
     lq = label_quality(preds, targets, run.classes)
     iss = lq.issues()
     rep.cards({f"{i} below 0.5": int((iss.issue == i).sum()) for i in ISSUES} | {"median image score": float(np.median(lq.image_scores))})
