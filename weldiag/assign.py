@@ -219,10 +219,12 @@ def assignability_by_branch(
     model,                   # an ultralytics YOLO / DetectionModel (or its adapter) with a two-branch head (YOLO26)
     ds:DetectionDataset,     # GT boxes in original image pixels
     image_size:int=None,     # the training `imgsz` (default: the adapter's)
+    known:Assignability=None, # a result already computed for one branch on `ds` at `image_size`: reused, not recomputed
 )->dict:                     # branch -> Assignability ({None: ...} for a one-branch head)
     "`assignability` under each branch's own assigner: both are trained, with their own top-k (one-to-one keeps 1 per GT)"
     det = as_detector(model)
-    return {b: assignability(det, ds, image_size, b) for b in (det.branches or (None,))}
+    have = {known.rule["branch"]: known} if known is not None else {}
+    return {b: have[b] if b in have else assignability(det, ds, image_size, b) for b in (det.branches or (None,))}
 
 def branch_table(by_branch:dict)->pd.DataFrame:
     "One row per branch: the assigner's topk / topk2, reachable and assignable shares, mean positives a GT can get"

@@ -74,7 +74,7 @@ def coverage_command(
         for by in (None, "class", "coco", "size", "aspect"): print(f"\n{cov.summary(by).to_string()}")
         print(f"\n{cov.level_summary().to_string()}")
     free = cov.anchor_free   # an anchor-free YOLO: assignability, no anchor shapes
-    by_branch = assignability_by_branch(target, ds) if free and cov.rule.get("branch") else {}   # YOLO26: both branches
+    by_branch = assignability_by_branch(target, ds, cov.image_size, cov) if free and cov.rule.get("branch") else {}   # YOLO26: both branches
     if by_branch: print(f"\nper branch, each with its own assigner (inference reads the {cov.rule['branch']} branch):\n"
                         f"{branch_table(by_branch).to_string()}")
     if not free: print(f"\nYOLOv5 shape-only check of these anchors: {yolo_bpr(cov, next(iter(cov.anchors.values())))}")

@@ -12,7 +12,7 @@ from torch import nn, Tensor
 from ..spec import InputGeometry, HeadSpec, hw_pair
 from ..hooks import Hooks
 from .base import Detector, register, module_at
-from .ultralytics import is_ultralytics, ultralytics_criterion
+from .ultralytics import is_ultralytics, ultralytics_criterion, ultralytics_names, ultralytics_image_size
 
 # %% auto #0
 __all__ = ['is_rtdetr_decoder', 'RTDETRDetector']
@@ -133,10 +133,7 @@ class RTDETRDetector(_RTDETRHead, _RTDETRTraining, _RTDETRPrediction, Detector):
     def __init__(self, model:nn.Module, head_name:str, image_size:int=None, **kwargs):
         super().__init__(model, **kwargs)
         self.head_name, self.head, self._strides = head_name, module_at(model, head_name), None
-        args = getattr(model, "args", None)
-        imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
-        imgsz = getattr(model, "weldiag_image_size", None) or (imgsz if isinstance(imgsz, int) else 640)
-        self.image_size = int(image_size or imgsz)
+        self.image_size = ultralytics_image_size(model, image_size)
         self.score_thresh = float(getattr(model, "weldiag_score_thresh", RTDETRDetector.score_thresh))
         self.max_det = 300
     def __repr__(self):
@@ -147,10 +144,7 @@ class RTDETRDetector(_RTDETRHead, _RTDETRTraining, _RTDETRPrediction, Detector):
     @property
     def num_queries(self)->int: return int(self.head.num_queries)
     @property
-    def names(self)->list:
-        n = getattr(self.model, "names", None)
-        if isinstance(n, dict): return [str(n[k]) for k in sorted(n)]
-        return [str(v) for v in n] if n else [str(k) for k in range(self.num_classes)]
+    def names(self)->list: return ultralytics_names(self.model, self.num_classes)
     def input_geometry(self, image_hw)->InputGeometry:
         "Each axis scaled to `image_size` on its own (ultralytics' `LetterBox(scale_fill=True)`), no padding"
         (h, w), S = hw_pair(image_hw), self.image_size

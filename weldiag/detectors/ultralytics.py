@@ -15,7 +15,8 @@ from .base import Detector, register, module_at
 
 # %% auto #0
 __all__ = ['ULTRALYTICS_SUFFIXES', 'ULTRALYTICS_NN', 'is_anchor_free_detect', 'is_ultralytics', 'ultralytics_import',
-           'ultralytics_criterion', 'UltralyticsDetector', 'load_ultralytics_model', 'checkpoint_model']
+           'ultralytics_names', 'ultralytics_image_size', 'ultralytics_criterion', 'UltralyticsDetector',
+           'load_ultralytics_model', 'checkpoint_model']
 
 # %% ../../nbs/01h_det_ultralytics.ipynb #1cd175ce
 def is_anchor_free_detect(m:nn.Module)->bool:
@@ -30,6 +31,18 @@ def ultralytics_import(what:str):
     mod, _, name = what.rpartition(".")
     try: return getattr(importlib.import_module(mod), name)
     except ImportError: raise ValueError(f"this needs ultralytics: pip install 'weldiag[ultralytics]'") from None
+
+def ultralytics_names(model:nn.Module, nc:int)->list:
+    "Class names as the ultralytics model carries them (`model.names`, a dict or a list), else '0'..'K-1'"
+    n = getattr(model, "names", None)
+    if isinstance(n, dict): return [str(n[k]) for k in sorted(n)]
+    return [str(v) for v in n] if n else [str(k) for k in range(nc)]
+
+def ultralytics_image_size(model:nn.Module, image_size:int=None)->int:
+    "The input side to diagnose at: given, else `load_detector`'s choice on the model, else its training `imgsz`, else 640"
+    args = getattr(model, "args", None)
+    imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
+    return int(image_size or getattr(model, "weldiag_image_size", None) or (imgsz if isinstance(imgsz, int) else 640))
 
 def ultralytics_criterion(model:nn.Module, nc:int):
     "The model's own loss object, built as ultralytics' trainer builds it: its `args` (else ultralytics' defaults) and `nc` set first"
@@ -198,10 +211,7 @@ class UltralyticsDetector(_UltralyticsHead, _UltralyticsTraining, _UltralyticsPr
     def __init__(self, model:nn.Module, head_name:str, image_size:int=None, **kwargs):
         super().__init__(model, **kwargs)
         self.head_name, self.head = head_name, module_at(model, head_name)
-        args = getattr(model, "args", None)
-        imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
-        imgsz = getattr(model, "weldiag_image_size", None) or (imgsz if isinstance(imgsz, int) else 640)
-        self.image_size = int(image_size or imgsz)   # `load_detector(image_size=...)` leaves its choice on the model
+        self.image_size = ultralytics_image_size(model, image_size)   # `load_detector(image_size=...)` leaves its choice on the model
         # ultralytics' validation settings; `load_detector(score_thresh=...)` leaves its choice on the model
         self.score_thresh = float(getattr(model, "weldiag_score_thresh", UltralyticsDetector.score_thresh))
         self.iou_thresh, self.max_det = 0.7, 300
@@ -217,10 +227,7 @@ class UltralyticsDetector(_UltralyticsHead, _UltralyticsTraining, _UltralyticsPr
     @property
     def num_classes(self)->int: return int(self.head.nc)
     @property
-    def names(self)->list:
-        n = getattr(self.model, "names", None)
-        if isinstance(n, dict): return [str(n[k]) for k in sorted(n)]
-        return [str(v) for v in n] if n else [str(k) for k in range(self.num_classes)]
+    def names(self)->list: return ultralytics_names(self.model, self.num_classes)
     def level_name(self, i:int)->str: return f"P{int(round(math.log2(self.strides[i])))}"
 
     # geometry: the letterbox ---------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def _assign_section(run:Run, a):
 def _branch_section(run:Run, a):
     "Two-branch heads (YOLO26): each branch's own assigner, and how the loss weighs the branches over the epochs"
     rep, det = run.report, as_detector(run.model)
-    by = assignability_by_branch(det, run.train, a.image_size)
+    by = assignability_by_branch(det, run.train, a.image_size, a)   # `a`: the predicting branch, already computed
     w, epochs = det.branch_weights(), int(getattr(getattr(det.branch_criterion(), "hyp", None), "epochs", 0) or 0)
     late = det.branch_weights(epochs - 1) if epochs > 1 else {}
     rep.text(f"This head trains two branches on the same features: one-to-many (several positives per GT, read with NMS) "
