@@ -137,8 +137,27 @@ class _Training:
     def score_thresh(self, v:float):
         raise ValueError(f"{self.name}: weldiag does not know where this model keeps its score threshold")
 
+# %% ../../nbs/01d_det_base.ipynb #5db7e155
+class _Queries:
+    "Interface, queries (DETR family): the encoder's proposal grid, the queries the model selects from it, the Hungarian match"
+    num_queries = None        # decoder queries of a query-based family (None otherwise)
+    num_denoising = 0         # denoising queries the model adds in training (RT-DETR's contrastive denoising); 0: none
+
+    def query_anchors(self, image_hw)->tuple:
+        """The encoder's proposal grid for an `image_hw` image, as the model itself generates it:
+        ((A, 4) xyxy anchors in model-input pixels, (A,) level index, (A,) bool valid)"""
+        raise ValueError(f"{self.name}: not a query-based detector (query_based=False); its anchors are `anchors()`")
+    def query_selection(self, images:list)->list:
+        """Per image {'scores': (A,) the per-location score the model ranks its proposals by, 'selected': (Q,) indices
+        into the A locations of `query_anchors` that it takes as its queries} (eval mode, no gradients)"""
+        raise ValueError(f"{self.name}: not a query-based detector (query_based=False): no query selection")
+    def query_matches(self, images:list, targets:list)->list:
+        """Per image {'query': (G,) the decoder query the model's own Hungarian matcher assigns to each GT, 'cost': (G,)
+        that pair's matching cost} on the final decoder layer's output (eval mode, no gradients); targets in dataset labels"""
+        raise ValueError(f"{self.name}: not a query-based detector (query_based=False): no Hungarian matcher")
+
 # %% ../../nbs/01d_det_base.ipynb #3ebe03ad
-class Detector(_Geometry, _Anchors, _Head, _Training):
+class Detector(_Geometry, _Anchors, _Queries, _Head, _Training):
     "What weldiag needs to know about a detector; the base class is the adapter for a model weldiag does not recognise."
     family = "custom"         # short family name, shown in reports
     label_offset = 0          # added to dataset labels (0..K-1) to get the model's class ids
