@@ -48,6 +48,14 @@ def test_c_kernels_equal_torch_path(images, max_dets):
     assert np.array_equal(e.delta_map.values, ref_e.delta_map.values, equal_nan=True)
 
 @needs_c
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.floats(allow_nan=False), st.sampled_from([0., -0., .5, 1., 1e-300, -1e-300])), max_size=400))
+def test_radix_score_order_equals_torch_sort(xs):
+    "The C radix sort gives torch's stable descending order: ties in input order, -0.0 tying with 0.0, infinities"
+    s = torch.tensor(xs, dtype=torch.float64)
+    assert torch.equal(coco.score_order(s), torch.sort(-s, stable=True).indices)
+
+@needs_c
 def test_c_kernels_equal_torch_path_weld():
     "Real labels, imperfect predictions: every report field and the whole TIDE breakdown bit-identical"
     val = weld_sample("val")

@@ -12,6 +12,7 @@
    accumulate(): pycocotools' accumulate for every class, area range and max-dets from the matched / ignored flags
    (N, A, T) and the detections' score order (class buckets are made here, stably: class, score, input order): precision at the recall points and the final recall, written into the (T, R, K, A, M) and
    (T, K, A, M) arrays; the same IEEE operations in the same order as the torch path (pr_at_recall).
+   score_order(): the stable descending order of the scores (torch.sort(-s, stable=True)) by a radix sort.
    group_order(): the detections in (image, class) group order, score order inside (a stable counting sort of the
    score order), the first max_det of each group and their rank in it.
    best_gt(): for TIDE, each detection's largest IoU with a GT of its image of its own class and of another class,
@@ -37,9 +38,10 @@ static inline double bbiou(const double *b, const double *c, double da, int crow
 
 static void match_group(const double *db, int64_t nd, const double *gb, int64_t ng, const uint8_t *crowd,
                         const uint8_t *ign, int64_t Ng, int64_t A, const double *thr, int64_t T,
-                        double *iou, uint8_t *live, uint8_t *taken, uint8_t *mt, uint8_t *dig, int64_t *gt) {
+                        double *iou, double *rmax, uint8_t *taken, uint8_t *mt, uint8_t *dig, int64_t *gt) {
     double tmin = thr[0];
-    for (int64_t t = 1; t < T; t++) tmin = thr[t] < tmin ? thr[t] : tmin;
+    int sorted = 1;                                                     /* ascending thresholds: stop at the row max */
+    for (int64_t t = 1; t < T; t++) { tmin = thr[t] < tmin ? thr[t] : tmin; sorted &= thr[t] >= thr[t - 1]; }
     for (int64_t d = 0; d < nd; d++) {
         const double *b = db + 4 * d;
         double da = b[2] * b[3], mx = -1.0;
@@ -47,15 +49,16 @@ static void match_group(const double *db, int64_t nd, const double *gb, int64_t 
             double v = bbiou(b, gb + 4 * g, da, crowd[g]);
             iou[d * ng + g] = v; mx = v > mx ? v : mx;
         }
-        live[d] = mx >= tmin;                                           /* can match some GT at some threshold */
+        rmax[d] = mx;                                                   /* below tmin: matches no GT at any threshold */
     }
     for (int64_t a = 0; a < A; a++) {
         const uint8_t *ig = ign + a * Ng;
         memset(taken, 0, (size_t)(T * ng));
         for (int64_t d = 0; d < nd; d++) {
-            if (!live[d]) continue;
+            if (rmax[d] < tmin) continue;
             const double *row = iou + d * ng;
             for (int64_t t = 0; t < T; t++) {
+                if (rmax[d] < thr[t]) { if (sorted) break; continue; }  /* no GT reaches this threshold (nor higher ones) */
                 uint8_t *tk = taken + t * ng;
                 int64_t m = -1;
                 for (int pass = 0; pass < 2 && m < 0; pass++) {          /* regular GTs first, then ignored ones */
@@ -86,8 +89,9 @@ static PyObject *match(PyObject *self, PyObject *args) {
     for (Py_ssize_t k = 0; k < n_groups; k++) { if (cd[k] > dmax) dmax = cd[k]; if (cg[k] > gmax) gmax = cg[k]; }
     double *iou = malloc(sizeof(double) * (size_t)(dmax * gmax + 1));
     uint8_t *taken = malloc((size_t)(T * gmax + 1));
-    uint8_t *ign_g = malloc((size_t)(A * gmax + 1)), *live = malloc((size_t)(dmax + 1));
-    if (!iou || !taken || !ign_g || !live) { free(iou); free(taken); free(ign_g); free(live); return PyErr_NoMemory(); }
+    uint8_t *ign_g = malloc((size_t)(A * gmax + 1));
+    double *rmax = malloc(sizeof(double) * (size_t)(dmax + 1));
+    if (!iou || !taken || !ign_g || !rmax) { free(iou); free(taken); free(ign_g); free(rmax); return PyErr_NoMemory(); }
     const double *lo = (const double *)p_lo, *hi = (const double *)p_hi;
     const int64_t *og = (const int64_t *)p_og;
     const uint8_t *ign = (const uint8_t *)p_ign, *crowd = (const uint8_t *)p_crowd;
@@ -95,7 +99,7 @@ static PyObject *match(PyObject *self, PyObject *args) {
     for (Py_ssize_t k = 0; k < n_groups; k++) {
         for (int64_t a = 0; a < A; a++) memcpy(ign_g + a * cg[k], ign + a * Ng + sg[k], (size_t)cg[k]);
         match_group((const double *)p_db + 4 * sd[k], cd[k], (const double *)p_gb + 4 * sg[k], cg[k],
-                    crowd + sg[k], ign_g, cg[k], A, (const double *)p_thr, T, iou, live, taken,
+                    crowd + sg[k], ign_g, cg[k], A, (const double *)p_thr, T, iou, rmax, taken,
                     (uint8_t *)p_mt + sd[k] * A * T, (uint8_t *)p_dig + sd[k] * A * T, (int64_t *)p_gt + sd[k] * T);
         for (int64_t d = 0; d < cd[k]; d++)                             /* group-local GT -> index into targets */
             for (int64_t t = 0; t < T; t++) {
@@ -112,7 +116,7 @@ static PyObject *match(PyObject *self, PyObject *args) {
                 for (Py_ssize_t t = 0; t < T; t++) dig[(d * A + a) * T + t] |= !mt[(d * A + a) * T + t];
     }
     Py_END_ALLOW_THREADS
-    free(iou); free(taken); free(ign_g); free(live);
+    free(iou); free(taken); free(ign_g); free(rmax);
     Py_RETURN_NONE;
 }
 
@@ -127,11 +131,12 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
     const double *rec = (const double *)p_rec;
     double *prec = (double *)p_prec, *recall = (double *)p_recall;
     int64_t *start = calloc((size_t)(K + 2), sizeof(int64_t)), *order = malloc(sizeof(int64_t) * (size_t)(N + 1));
-    double *tpc = malloc(sizeof(double) * (size_t)(A * T)), *fpc = malloc(sizeof(double) * (size_t)(A * T));
-    int64_t *ntp = malloc(sizeof(int64_t) * (size_t)(A * T));
+    double *tpc = malloc(sizeof(double) * (size_t)(M * A * T + 1)), *fpc = malloc(sizeof(double) * (size_t)(M * A * T + 1));
+    int64_t *ntp = malloc(sizeof(int64_t) * (size_t)(M * A * T + 1));
+    double *fpa = malloc(sizeof(double) * (size_t)(M * A + 1));
     int bad = 0;
-    if (!start || !order || !tpc || !fpc || !ntp) {
-        free(start); free(order); free(tpc); free(fpc); free(ntp); return PyErr_NoMemory(); }
+    if (!start || !order || !tpc || !fpc || !ntp || !fpa) {
+        free(start); free(order); free(tpc); free(fpc); free(ntp); free(fpa); return PyErr_NoMemory(); }
     const double eps = DBL_EPSILON;                                     /* np.spacing(1) */
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < N; i++) start[lab[i] + 1]++;             /* stable bucket sort of the score order by class */
@@ -142,57 +147,106 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
         for (Py_ssize_t j = 0; j < N; j++) order[fill[lab[so[j]]]++] = so[j];
         free(fill);
     }
-    /* One pass per (class, max-dets) over its detections in accumulate order updates every (area, IoU) curve. Only the
+    /* One pass per class over its detections in accumulate order updates every (max-dets, area, IoU) curve. Only the
        precision at true positives is kept: at a false positive it can only drop, so the envelope (suffix max) at any
        recall point is the max over the true positives from there on; the recall point's first index is the first
-       true-positive count c with c / npig >= the point (the same division as the torch path's tp / npig). */
-    const Py_ssize_t AT = A * T;
+       true-positive count c with c / npig >= the point (the same division as the torch path's tp / npig). A detection
+       that is a plain false positive at every threshold of an area range (most of them) only adds to that range's
+       count `fpa`: fpc + fpa are whole numbers, their sum exact, so the precision is the torch path's fp / (fp + tp + eps). */
+    const Py_ssize_t AT = A * T, MAT = M * AT;
     for (Py_ssize_t k = 0; k < K && !bad; k++) {
         int64_t cap = 1;
         for (Py_ssize_t a = 0; a < A; a++) cap = npig[a * K + k] > cap ? npig[a * K + k] : cap;
-        double *buf = malloc(sizeof(double) * (size_t)(AT * cap));
+        double *buf = malloc(sizeof(double) * (size_t)(MAT * cap));
         if (!buf) { bad = 2; break; }
-        for (Py_ssize_t mi = 0; mi < M; mi++) {
-            for (Py_ssize_t at = 0; at < AT; at++) { tpc[at] = 0; fpc[at] = 0; ntp[at] = 0; }
-            for (int64_t j = start[k]; j < start[k + 1]; j++) {
-                int64_t o = order[j];
-                if (rank[o] >= mdets[mi]) continue;
-                const uint8_t *m = mt + o * AT, *g = ig + o * AT;
-                for (Py_ssize_t at = 0; at < AT; at++) {
-                    if (g[at]) continue;
-                    if (m[at]) {
-                        tpc[at] += 1;
-                        if (ntp[at] >= cap) { bad = 1; continue; }
-                        buf[at * cap + ntp[at]++] = tpc[at] / (fpc[at] + tpc[at] + eps);
-                    } else fpc[at] += 1;
+        for (Py_ssize_t x = 0; x < MAT; x++) { tpc[x] = 0; fpc[x] = 0; ntp[x] = 0; }
+        for (Py_ssize_t x = 0; x < M * A; x++) fpa[x] = 0;
+        for (int64_t j = start[k]; j < start[k + 1]; j++) {
+            int64_t o = order[j], r = rank[o];
+            for (Py_ssize_t a = 0; a < A; a++) {
+                const uint8_t *m = mt + o * AT + a * T, *g = ig + o * AT + a * T;
+                uint8_t any_m = 0, any_g = 0, all_g = 1;
+                for (Py_ssize_t t = 0; t < T; t++) { any_m |= m[t]; any_g |= g[t]; all_g &= g[t]; }
+                if (all_g) continue;                                    /* ignored at every threshold */
+                for (Py_ssize_t mi = 0; mi < M; mi++) {
+                    if (r >= mdets[mi]) continue;
+                    if (!any_m && !any_g) { fpa[mi * A + a] += 1; continue; }
+                    for (Py_ssize_t t = 0; t < T; t++) {
+                        Py_ssize_t x = mi * AT + a * T + t;
+                        if (g[t]) continue;
+                        if (m[t]) {
+                            tpc[x] += 1;
+                            if (ntp[x] >= cap) { bad = 1; continue; }
+                            buf[x * cap + ntp[x]++] = tpc[x] / ((fpc[x] + fpa[mi * A + a]) + tpc[x] + eps);
+                        } else fpc[x] += 1;
+                    }
                 }
             }
-            for (Py_ssize_t a = 0; a < A; a++) {
-                double np_ = (double)npig[a * K + k];
+        }
+        for (Py_ssize_t mi = 0; mi < M; mi++) for (Py_ssize_t a = 0; a < A; a++) {
+            double np_ = (double)npig[a * K + k];
+            for (Py_ssize_t t = 0; t < T; t++) {
+                Py_ssize_t x = mi * AT + a * T + t, n = ntp[x];
+                fpc[x] += fpa[mi * A + a];
                 if (np_ == 0) continue;
-                for (Py_ssize_t t = 0; t < T; t++) {
-                    Py_ssize_t at = a * T + t, n = ntp[at];
-                    double *p = buf + at * cap;
-                    int nonempty = tpc[at] + fpc[at] > 0;
-                    for (Py_ssize_t i = n - 1; i > 0; i--) if (p[i] > p[i - 1]) p[i - 1] = p[i];   /* envelope */
-                    Py_ssize_t c = 0;
-                    for (Py_ssize_t r = 0; r < R; r++) {
-                        while (c <= n && (double)c / np_ < rec[r]) c++;
-                        double v = 0.0;
-                        if (c == 0) v = nonempty && n ? p[0] : 0.0;
-                        else if (c <= n) v = p[c - 1];
-                        prec[(((t * R + r) * K + k) * A + a) * M + mi] = v;
-                    }
-                    recall[((t * K + k) * A + a) * M + mi] = nonempty ? tpc[at] / np_ : 0.0;
+                double *p = buf + x * cap;
+                int nonempty = tpc[x] + fpc[x] > 0;
+                for (Py_ssize_t i = n - 1; i > 0; i--) if (p[i] > p[i - 1]) p[i - 1] = p[i];   /* envelope */
+                Py_ssize_t c = 0;
+                for (Py_ssize_t q = 0; q < R; q++) {
+                    while (c <= n && (double)c / np_ < rec[q]) c++;
+                    double v = 0.0;
+                    if (c == 0) v = nonempty && n ? p[0] : 0.0;
+                    else if (c <= n) v = p[c - 1];
+                    prec[(((t * R + q) * K + k) * A + a) * M + mi] = v;
                 }
+                recall[((t * K + k) * A + a) * M + mi] = nonempty ? tpc[x] / np_ : 0.0;
             }
         }
         free(buf);
     }
     Py_END_ALLOW_THREADS
-    free(start); free(order); free(tpc); free(fpc); free(ntp);
+    free(start); free(order); free(tpc); free(fpc); free(ntp); free(fpa);
     if (bad == 2) return PyErr_NoMemory();
     if (bad) { PyErr_SetString(PyExc_RuntimeError, "more true positives than ground truth: inconsistent matching input"); return NULL; }
+    Py_RETURN_NONE;
+}
+
+static PyObject *score_order(PyObject *self, PyObject *args) {
+    /* The stable descending order of N float64 scores (no NaN): torch.sort(-s, stable=True).indices, by an LSD radix
+       sort of the scores' bits (-0.0 counted as 0.0, as the comparison sort does), 16 bits a pass, passes where every
+       key has the same digit skipped. */
+    unsigned long long p_s, p_out;
+    Py_ssize_t N;
+    if (!PyArg_ParseTuple(args, "KnK", &p_s, &N, &p_out)) return NULL;
+    const double *s = (const double *)p_s;
+    int64_t *out = (int64_t *)p_out;
+    uint64_t *key = malloc(sizeof(uint64_t) * (size_t)(N + 1)), *key2 = malloc(sizeof(uint64_t) * (size_t)(N + 1));
+    int64_t *idx2 = malloc(sizeof(int64_t) * (size_t)(N + 1));
+    size_t *cnt = malloc(sizeof(size_t) * 65536);
+    if (!key || !key2 || !idx2 || !cnt) { free(key); free(key2); free(idx2); free(cnt); return PyErr_NoMemory(); }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < N; i++) {
+        double v = -s[i];
+        if (v == 0.0) v = 0.0;                                          /* -0.0 and 0.0 tie */
+        uint64_t u; memcpy(&u, &v, sizeof u);
+        key[i] = (u >> 63) ? ~u : (u | 0x8000000000000000ULL);          /* ascending bits = ascending -s */
+        out[i] = i;
+    }
+    uint64_t *k1 = key, *k2 = key2; int64_t *i1 = out, *i2 = idx2;
+    for (int pass = 0; pass < 4; pass++) {
+        int sh = 16 * pass;
+        memset(cnt, 0, sizeof(size_t) * 65536);
+        for (Py_ssize_t i = 0; i < N; i++) cnt[(k1[i] >> sh) & 0xFFFF]++;
+        if (N == 0 || cnt[(k1[0] >> sh) & 0xFFFF] == (size_t)N) continue;   /* one digit for all: nothing to move */
+        size_t sum = 0;
+        for (int d = 0; d < 65536; d++) { size_t c = cnt[d]; cnt[d] = sum; sum += c; }
+        for (Py_ssize_t i = 0; i < N; i++) { size_t at = cnt[(k1[i] >> sh) & 0xFFFF]++; k2[at] = k1[i]; i2[at] = i1[i]; }
+        uint64_t *tk = k1; k1 = k2; k2 = tk; int64_t *ti = i1; i1 = i2; i2 = ti;
+    }
+    if (i1 != out) memcpy(out, i1, sizeof(int64_t) * (size_t)N);
+    Py_END_ALLOW_THREADS
+    free(key); free(key2); free(idx2); free(cnt);
     Py_RETURN_NONE;
 }
 
@@ -248,6 +302,8 @@ static PyObject *best_gt(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
+    {"score_order", score_order, METH_VARARGS, "score_order(scores, N, out): the stable descending order of float64 scores "
+     "(torch.sort(-scores, stable=True).indices) by a radix sort (pointers)"},
     {"best_gt", best_gt, METH_VARARGS, "best_gt(dbox, dimg, dlab, F, gbox, gidx, glab, gcrowd, gstart, s, gs, o, go): per "
      "detection the best IoU with a GT of its image of its own class and of another class, and that GT (pointers)"},
     {"group_order", group_order, METH_VARARGS, "group_order(score_order, key, N, n_keys, max_det, keep, rank) -> kept: the "

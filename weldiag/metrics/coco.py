@@ -15,8 +15,8 @@ FAST = True           # use the C kernel for CPU tensors when it is built (False
 
 
 # %% auto #0
-__all__ = ['FAST', 'COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'key_groups', 'xywh', 'coco_iou', 'fast_path', 'coco_match',
-           'pr_at_recall', 'accumulate_order', 'coco_accumulate', 'coco_summarize']
+__all__ = ['FAST', 'COCO_IOUS', 'REC_THRS', 'AREA_RANGES', 'key_groups', 'xywh', 'coco_iou', 'fast_path', 'score_order',
+           'key_order', 'coco_match', 'pr_at_recall', 'accumulate_order', 'coco_accumulate', 'coco_summarize']
 
 # %% ../../nbs/06b_eval_coco.ipynb #66518ede
 COCO_IOUS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)  # pycocotools' iouThrs
@@ -164,6 +164,21 @@ def fast_path(*ts)->bool:
     return _ceval is not None and FAST and all(t.device.type == "cpu" for t in ts)
 
 # %% ../../nbs/06b_eval_coco.ipynb #9465e56b
+def score_order(scores:torch.Tensor)->torch.Tensor:
+    "Stable descending order of the scores (ties in input order): a radix sort in C on the CPU (5x torch's), else `torch.sort`"
+    if not fast_path(scores): return torch.sort(-scores, stable=True).indices
+    s = scores.to(torch.float64).contiguous(); out = torch.empty(len(s), dtype=torch.int64)
+    _ceval.score_order(s.data_ptr(), len(s), out.data_ptr())
+    return out
+
+def key_order(key:torch.Tensor, order:torch.Tensor)->torch.Tensor:
+    "The permutation `order` of 0..N-1 stably sorted by `key[order]` (ints >= 0): a counting sort in C on the CPU, else `torch.sort`"
+    if not (fast_path(key, order) and len(key)): return order[torch.sort(key[order], stable=True).indices]
+    key, order = key.to(torch.int64).contiguous(), order.to(torch.int64).contiguous()
+    out, rank = torch.empty(len(key), dtype=torch.int64), torch.empty(len(key), dtype=torch.int64)
+    _ceval.group_order(order.data_ptr(), key.data_ptr(), len(key), int(key.max()) + 1, len(key) + 1, out.data_ptr(), rank.data_ptr())
+    return out
+
 def _group_order(P:Boxes, K:int, so:torch.Tensor, max_det:int)->tuple:
     "The first `max_det` detections of each (image, class) by score (stable) in group order, and their rank"
     o = _score_order(P, K, so); rank = _rank_in_group((P.img * K + P.labels)[o]); m = rank < max_det
@@ -185,7 +200,7 @@ def coco_match(
 )->dict:
     "pycocotools' `evaluateImg` for every image, class, area range and IoU threshold at once"
     dev = P.boxes.device
-    so = torch.sort(-P.scores, stable=True).indices                           # score order, ties in input order
+    so = score_order(P.scores)                                                # ties in input order
     keep, rank = (_group_order_c if fast_path(P.boxes) else _group_order)(P, K, so, max_det)
     dkey = (P.img * K + P.labels)[keep]
     og = torch.sort(G.img * K + G.labels, stable=True).indices

@@ -79,7 +79,7 @@ def _as_tensor(v, name:str, i:int, key:str, dtype, device, shape_tail=()):
 def _cat(vs:list, dtype, device, shape=(0,))->torch.Tensor:
     "Concatenate per-image tensors and convert once to `dtype` (each first when their dtypes differ)"
     if not vs: return torch.zeros(shape, dtype=dtype, device=device)
-    if any(v.dtype != vs[0].dtype for v in vs): vs = [v.to(dtype) for v in vs]
+    if len({v.dtype for v in vs}) > 1: vs = [v.to(dtype) for v in vs]
     return torch.cat(vs).to(dtype)
 
 def boxes_device(items)->torch.device:
@@ -89,22 +89,31 @@ def boxes_device(items)->torch.device:
             return torch.device("cpu") if dev.type == "mps" else dev  # float64 is not available on MPS
     return torch.device("cpu")
 
-# %% ../../nbs/06a_eval_inputs.ipynb #9aad8ce7
-def flatten_boxes(
-    items:list,              # one dict per image: {"boxes", "labels"[, "scores"][, "iscrowd", "difficult", "area"]}
-    name:str="preds",        # argument name used in error messages
-    n_classes:int=None,      # labels must lie in 0..n_classes-1 (None: only >= 0 is checked)
-    device=None,             # default: the device of the first boxes tensor (CPU for MPS / lists)
-)->Boxes:
-    "Validate per-image detection dicts and flatten them in image order; errors name the image and box"
-    is_pred = name.startswith("pred")
-    device = boxes_device(items) if device is None else torch.device(device)
-    need = ("boxes", "labels", "scores") if is_pred else ("boxes", "labels")
+# %% ../../nbs/06a_eval_inputs.ipynb #3121eb0a
+def _tensor_columns(items:list, need:tuple, extra:list, device)->tuple:
+    """The fast path of `flatten_boxes`: when every item is a dict of tensors of the expected shapes, its columns in one
+    tight pass; else None, and `_checked_columns` converts what it can and names the first problem"""
+    cols = {k: [] for k in ("boxes", "labels", "scores", "crowd", "difficult", "area")}
+    counts, T = [], torch.Tensor
+    try:
+        for d in items:
+            b = d["boxes"]
+            if type(b) is not T or b.ndim != 2 or b.shape[1] != 4 or b.device != device: return None
+            n = b.shape[0]; counts.append(n); cols["boxes"].append(b)
+            for k, key, _, required in extra:
+                v = d.get(k)
+                if v is None:
+                    if required: return None
+                    cols[key].append(None); continue
+                if type(v) is not T or v.ndim != 1 or v.shape[0] != n or v.device != device: return None
+                cols[key].append(v)
+    except (KeyError, TypeError, AttributeError): return None    # not a dict, a key missing: the checked path says which
+    return cols, counts
+
+def _checked_columns(items:list, name:str, need:tuple, extra:list, device)->tuple:
+    "Columns of `flatten_boxes` item by item, converting lists and arrays; errors name the image and the key"
     cols = {k: [] for k in ("boxes", "labels", "scores", "crowd", "difficult", "area")}
     counts = []
-    extra = [("labels", torch.int64, True)] + ([("scores", torch.float64, True)] if is_pred else
-             [("iscrowd", torch.bool, False), ("difficult", torch.bool, False), ("area", torch.float64, False)])
-    extra = [(k, {"iscrowd": "crowd"}.get(k, k), dt, required) for k, dt, required in extra]
     for i, d in enumerate(items):
         if not isinstance(d, Mapping): raise TypeError(f"{name}[{i}]: expected a dict with keys {need}, got {type(d).__name__}")
         for k in need:
@@ -119,6 +128,23 @@ def flatten_boxes(
             v = _as_tensor(d[k], name, i, k, dt, device)
             if len(v) != n: raise ValueError(f"{name}[{i}]: {n} boxes but {len(v)} {k}")
             cols[key].append(v)
+    return cols, counts
+
+# %% ../../nbs/06a_eval_inputs.ipynb #9aad8ce7
+def flatten_boxes(
+    items:list,              # one dict per image: {"boxes", "labels"[, "scores"][, "iscrowd", "difficult", "area"]}
+    name:str="preds",        # argument name used in error messages
+    n_classes:int=None,      # labels must lie in 0..n_classes-1 (None: only >= 0 is checked)
+    device=None,             # default: the device of the first boxes tensor (CPU for MPS / lists)
+)->Boxes:
+    "Validate per-image detection dicts and flatten them in image order; errors name the image and box"
+    is_pred = name.startswith("pred")
+    device = boxes_device(items) if device is None else torch.device(device)
+    need = ("boxes", "labels", "scores") if is_pred else ("boxes", "labels")
+    extra = [("labels", torch.int64, True)] + ([("scores", torch.float64, True)] if is_pred else
+             [("iscrowd", torch.bool, False), ("difficult", torch.bool, False), ("area", torch.float64, False)])
+    extra = [(k, {"iscrowd": "crowd"}.get(k, k), dt, required) for k, dt, required in extra]
+    cols, counts = _tensor_columns(items, need, extra, device) or _checked_columns(items, name, need, extra, device)
     counts_t = torch.tensor(counts, dtype=torch.int64, device=device)
     img = torch.repeat_interleave(torch.arange(len(items), device=device), counts_t)
     starts = torch.cumsum(counts_t, 0) - counts_t
@@ -142,12 +168,14 @@ def flatten_boxes(
         out.scores = cat(cols["scores"], torch.float64)
         check(torch.isnan(out.scores), "has a NaN score")
         return out
-    fill = lambda key, dt, default: cat([v if v is not None else default(n) for v, n in zip(cols[key], counts)], dt)
-    false = lambda n: torch.zeros(n, dtype=torch.bool, device=device)
-    out.crowd = fill("crowd", torch.bool, false)
-    out.ignore = out.crowd | fill("difficult", torch.bool, false)
+    def fill(key, dt, default):         # an optional column; `default` where an image does not give it
+        vs = cols[key]
+        if all(v is None for v in vs): return torch.full((len(boxes),), default, dtype=dt, device=device)
+        return cat([v if v is not None else torch.full((n,), default, dtype=dt, device=device) for v, n in zip(vs, counts)], dt)
+    out.crowd = fill("crowd", torch.bool, False)
+    out.ignore = out.crowd | fill("difficult", torch.bool, False)
     wh_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    given = fill("area", torch.float64, lambda n: torch.full((n,), float("nan"), dtype=torch.float64, device=device))
+    given = fill("area", torch.float64, float("nan"))
     out.area = torch.where(torch.isnan(given), wh_area, given)
     return out
 

@@ -11,7 +11,7 @@ import torch
 import matplotlib.pyplot as plt
 
 from .inputs import Boxes, single_thread
-from .coco import REC_THRS, pr_at_recall, fast_path, xywh
+from .coco import REC_THRS, pr_at_recall, fast_path, xywh, score_order, key_order
 from .voc import voc_ap
 from .analyses import nanmean, pct, colors, image_pairs
 
@@ -19,11 +19,13 @@ try: from weldiag import _ceval      # the optional C kernels (weldiag/_ceval.c)
 except ImportError: _ceval = None
 
 # %% auto #0
-__all__ = ['ERROR_TYPES', 'ERROR_SHORT', 'RECALL_POINTS', 'ErrorBreakdown', 'error_breakdown']
+__all__ = ['ERROR_TYPES', 'ERROR_SHORT', 'CLS', 'LOC', 'BOTH', 'DUPE', 'BKG', 'MISS', 'RECALL_POINTS', 'ErrorBreakdown',
+           'error_breakdown']
 
 # %% ../../nbs/06e_eval_tide.ipynb #ee21e55d
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
 ERROR_SHORT = dict(zip(ERROR_TYPES, ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")))   # TIDE's / tidecv's names
+CLS, LOC, BOTH, DUPE, BKG, MISS = range(6)            # error codes: indices into ERROR_TYPES
 
 def _best_gt(d:torch.Tensor, g:torch.Tensor, v:torch.Tensor, n:int)->tuple:
     "Per detection 0..n-1: its largest pair IoU `v` (-1 if none) and that pair's GT, the lowest GT index on ties (-1)"
@@ -58,9 +60,14 @@ def _fp_best_c(P:Boxes, G:Boxes, fp:np.ndarray)->tuple:
     return s, gs, o, go
 
 def _error_kinds(s:np.ndarray, o:np.ndarray, iou:float, bg_iou:float)->np.ndarray:
-    "TIDE's type of each false positive from its best IoU with a GT of its own class (s) and of another class (o)"
-    return np.select([(s >= bg_iou) & (s <= iou), o >= iou, s >= iou, np.maximum(s, o) <= bg_iou],
-                     ["localisation", "classification", "duplicate", "background"], "both")
+    """TIDE's type (a code into ERROR_TYPES) of each false positive from its best IoU with a GT of its own class (s) and
+    of another class (o); the first rule that holds wins, as in tidecv: localisation, classification, duplicate, background"""
+    k = np.full(len(s), BOTH, dtype=np.int8)
+    k[np.maximum(s, o) <= bg_iou] = BKG                    # assigned in reverse order, so an earlier rule overwrites
+    k[s >= iou] = DUPE
+    k[o >= iou] = CLS
+    k[(s >= bg_iou) & (s <= iou)] = LOC
+    return k
 
 def _fix_one_per_gt(fp:np.ndarray, score:np.ndarray, target:np.ndarray, aims:np.ndarray)->np.ndarray:
     "Among the errors that `aims` at a GT, the highest-scored one per GT (the first in input order on ties)"
@@ -70,10 +77,12 @@ def _fix_one_per_gt(fp:np.ndarray, score:np.ndarray, target:np.ndarray, aims:np.
     best[i[np.r_[True, target[i][1:] != target[i][:-1]]] if len(i) else i] = True
     return best
 
-def _map_of_c(labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray, rec_thrs, so=None)->float:
-    "The COCO case of `_map_of` by the C accumulate kernel (one area range, one IoU, no max-dets cut); `so`: the stable score order if known"
+def _map_of_c(labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray, rec_thrs, so=None, drop=None)->float:
+    """The COCO case of `_map_of` by the C accumulate kernel (one area range, one IoU, no max-dets cut); `so`: the stable
+    score order if known; `drop`: detections left out (passed as ignored, which the kernel skips: the same as removing them)"""
     N, K, rec = len(labels), len(npos), np.ascontiguousarray(rec_thrs, dtype=np.float64)
-    mt = np.ascontiguousarray(tp, dtype=np.uint8); ig = np.zeros(N, dtype=np.uint8); rank = np.zeros(N, dtype=np.int64)
+    mt = np.ascontiguousarray(tp, dtype=np.uint8); rank = np.zeros(N, dtype=np.int64)
+    ig = np.zeros(N, dtype=np.uint8) if drop is None else np.ascontiguousarray(drop, dtype=np.uint8)
     so = np.ascontiguousarray(np.argsort(-scores, kind="stable") if so is None else so, dtype=np.int64); lab = np.ascontiguousarray(labels, dtype=np.int64)
     npig, md = np.ascontiguousarray(npos, dtype=np.int64), np.ones(1, dtype=np.int64)
     prec, rc = -np.ones((1, len(rec), K, 1, 1)), -np.ones((1, K, 1, 1))
@@ -85,9 +94,11 @@ def _map_of_c(labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarr
 RECALL_POINTS = {"pycocotools": REC_THRS,            # np.linspace(0, 1, 101): the report's own AP
                  "tidecv": np.arange(101) / 100}       # k / 100: tidecv's grid (differs in the last bit at 10 points)
 
-def _map_of(mode:str, labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray, rec_thrs=REC_THRS, so=None)->float:
-    "mAP of scored TP / FP flags under the mode's AP (COCO: 101 recall points; VOC: the devkit); classes without GT: nan"
-    if mode == "coco" and fast_path(): return _map_of_c(labels, scores, tp, npos, rec_thrs, so)
+def _map_of(mode:str, labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray, rec_thrs=REC_THRS, so=None,
+            drop=None)->float:
+    "mAP of scored TP / FP flags (less the `drop` ones) under the mode's AP (COCO: 101 recall points; VOC: the devkit); classes without GT: nan"
+    if mode == "coco" and fast_path(): return _map_of_c(labels, scores, tp, npos, rec_thrs, so, drop)
+    if drop is not None: labels, scores, tp = labels[~drop], scores[~drop], tp[~drop]
     o = np.lexsort((np.arange(len(labels)), -scores, labels))              # pycocotools' / the devkit's order
     labels, tp = labels[o], tp[o]
     rec_thrs, aps = torch.as_tensor(rec_thrs), []
@@ -105,7 +116,7 @@ def _map_of(mode:str, labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:
 class _Tide:
     "Every evaluated detection's and GT's part in a TIDE breakdown at one IoU (indices into preds / targets)"
     fp:np.ndarray        # (F,) false positives
-    kind:np.ndarray      # (F,) their error type
+    kind:np.ndarray      # (F,) their error type, a code into ERROR_TYPES
     iou:np.ndarray       # (F,) IoU with the GT the type refers to (best same-class / other-class / any GT)
     target:np.ndarray    # (F,) the GT a classification / localisation error aims at, else -1
     fixes:np.ndarray     # (F,) the one error per GT that a fix turns into a TP; the others aimed at it are suppressed
@@ -122,34 +133,34 @@ def _tide(base:EvalReport, iou:float, bg_iou:float)->_Tide:
     s, gs, o, go = _fp_best(base, fp)
     kind = _error_kinds(s, o, iou, bg_iou)
     used = np.zeros(len(G), dtype=bool); used[base.gt[0][tp]] = True
-    target = np.select([kind == "localisation", kind == "classification"], [gs, go], -1)
+    target = np.where(kind == LOC, gs, np.where(kind == CLS, go, -1))
     aims = ~np.r_[used, True][target]                                      # aimed at a GT no detection found
     missed = ~G.ignore.numpy() & ~used
     missed[target[aims]] = False
-    kiou = np.select([np.isin(kind, ["localisation", "duplicate"]), kind == "classification"], [s, o], np.maximum(s, o))
+    kiou = np.where((kind == LOC) | (kind == DUPE), s, np.where(kind == CLS, o, np.maximum(s, o)))
     return _Tide(fp, kind, np.maximum(kiou, 0), target, _fix_one_per_gt(fp, P.scores.numpy()[fp], target, aims),
                  det[tp], base.gt[0][tp], aims, missed)
 
 def _fixed_maps(base:EvalReport, t:_Tide, rec_thrs=REC_THRS)->tuple:
-    "mAP before any fix, and the mAP gained by fixing each error type alone as tidecv does"
+    """mAP before any fix, and the mAP gained by fixing each error type alone as tidecv does: every variant runs on the
+    same detections (true positives, then false positives) in one score order; a fix flips flags, relabels, or drops"""
     P, G, K = base.preds, base.targets, len(base.classes)
     lab, score, glab = P.labels.numpy(), P.scores.numpy(), G.labels.numpy()
     npos = np.bincount(glab[~G.ignore.numpy()], minlength=K)
-    full = np.argsort(-score[np.r_[t.tp, t.fp]], kind="stable")           # one score sort for all seven mAPs
-    def score_of(fixed, relabel, drop, npos):
-        d = np.r_[t.tp, t.fp[~drop]]
-        l = np.r_[lab[t.tp], np.where(relabel, np.r_[glab, -1][t.target], lab[t.fp])[~drop]]
-        kept = np.r_[np.ones(len(t.tp), bool), ~drop]
-        so = (np.cumsum(kept) - 1)[full[kept[full]]]                       # = argsort(-score[d], stable)
-        return _map_of(base.mode, l, score[d], np.r_[np.ones(len(t.tp), bool), fixed[~drop]], npos, rec_thrs, so)
-    no = np.zeros(len(t.fp), dtype=bool)
-    base_map = score_of(no, no, no, npos)
-    delta = {}
-    for e in ERROR_TYPES[:-1]:
-        this = t.kind == e
-        fixed = this & t.fixes if e in ("classification", "localisation") else no
-        delta[e] = score_of(fixed, fixed & (e == "classification"), this & ~fixed, npos) - base_map
-    delta["missed"] = score_of(no, no, no, npos - np.bincount(glab[t.missed], minlength=K)) - base_map
+    nt, d = len(t.tp), np.r_[t.tp, t.fp]
+    so = score_order(torch.from_numpy(score[d])).numpy()                    # one score sort for all seven mAPs
+    lab_d, score_d, relabelled = lab[d], score[d], np.r_[glab, -1][t.target]
+    def score_of(fixed=None, relabel=None, drop=None, npos=npos):
+        tp = np.r_[np.ones(nt, bool), np.zeros(len(t.fp), bool) if fixed is None else fixed]
+        l = lab_d if relabel is None else np.r_[lab_d[:nt], np.where(relabel, relabelled, lab_d[nt:])]
+        dr = None if drop is None else np.r_[np.zeros(nt, bool), drop]
+        return _map_of(base.mode, l, score_d, tp, npos, rec_thrs, so, dr)
+    base_map, delta = score_of(), {}
+    for code, e in enumerate(ERROR_TYPES[:-1]):
+        this = t.kind == code
+        fixed = this & t.fixes if code in (CLS, LOC) else np.zeros(len(t.fp), bool)
+        delta[e] = score_of(fixed, fixed if code == CLS else None, this & ~fixed) - base_map
+    delta["missed"] = score_of(npos=npos - np.bincount(glab[t.missed], minlength=K)) - base_map
     return base_map, delta
 
 # %% ../../nbs/06e_eval_tide.ipynb #a36614ae
@@ -185,12 +196,13 @@ class ErrorBreakdown:
     def per_image(self, score_thr:float=None)->pd.DataFrame:
         "Per image: all false positives (FP) and the errors of each type at `score_thr` (the rows of `table` counted)"
         thr = -np.inf if score_thr is None else float(score_thr)
-        d, g, n = self.dets, self.gts, self.n_images
-        fp = d[d.error.notna() & (d.score >= thr)]
-        miss = g[~(g.found >= thr) & ~(g.aimed >= thr)]
-        count = lambda img: np.bincount(img.to_numpy(np.int64), minlength=n)[:n] if n else np.zeros(0, np.int64)
-        c = {e: count(fp.image[(fp.error == e).to_numpy()]) for e in ERROR_TYPES[:-1]}
-        c = pd.DataFrame({"FP": sum(c.values()) if c else count(fp.image), **c, "missed": count(miss.image)}, index=pd.RangeIndex(n))
+        d, g, n, E = self.dets, self.gts, self.n_images, len(ERROR_TYPES)
+        code, at = d["error"].cat.codes.to_numpy(), d.score.to_numpy() >= thr
+        img = d.image.to_numpy(np.int64)[(code >= 0) & at]
+        c = np.bincount(img * E + code[(code >= 0) & at], minlength=n * E)[:n * E].reshape(n, E) if n else np.zeros((0, E), np.int64)
+        miss = g.image.to_numpy(np.int64)[~(g.found.to_numpy() >= thr) & ~(g.aimed.to_numpy() >= thr)]
+        c[:, MISS] = np.bincount(miss, minlength=n)[:n] if n else 0
+        c = pd.DataFrame({"FP": c[:, :MISS].sum(1), **{e: c[:, i] for i, e in enumerate(ERROR_TYPES)}}, index=pd.RangeIndex(n))
         return c.rename_axis("image")
     def to_frame(self)->pd.DataFrame:
         return pd.DataFrame({"count": self.counts.sum(axis=1), "dmAP": self.delta_map}).rename_axis("error")
@@ -240,17 +252,20 @@ def error_breakdown(
         base_map, delta = _fixed_maps(base, t, RECALL_POINTS[recall_points])
     P, G, K, classes = base.preds, base.targets, len(base.classes), base.classes
     fp_lab = P.labels.numpy()[t.fp]
-    counts = pd.DataFrame(0, index=pd.Index(ERROR_TYPES, name="error"), columns=classes)
-    for e in ERROR_TYPES[:-1]: counts.loc[e] = np.bincount(fp_lab[t.kind == e], minlength=K)
-    counts.loc["missed"] = np.bincount(G.labels.numpy()[t.missed], minlength=K)
+    counts = np.stack([np.bincount(fp_lab[t.kind == code], minlength=K) for code in range(MISS)]
+                      + [np.bincount(G.labels.numpy()[t.missed], minlength=K)])
+    counts = pd.DataFrame(counts, index=pd.Index(ERROR_TYPES, name="error"), columns=classes)
     score = P.scores.numpy()
     d = np.r_[t.tp, t.fp]
-    o = np.lexsort((-score[d], P.img.numpy()[d]))                         # image, then score descending (stable)
+    o = key_order(P.img[torch.from_numpy(d)], score_order(torch.from_numpy(score[d]))).numpy()   # image, then score descending (stable)
     d, gt = d[o], np.r_[t.tp_gt, t.target][o]
-    kind = np.r_[np.full(len(t.tp), None, dtype=object), t.kind.astype(object)][o]
-    dets = _frame(P, d, classes, det_id=d, score=score[d], error=pd.Categorical(kind, ERROR_TYPES),
+    code = np.r_[np.full(len(t.tp), -1, dtype=np.int8), t.kind][o]       # -1: a true positive (no error)
+    dets = _frame(P, d, classes, det_id=d, score=score[d], error=pd.Categorical.from_codes(code, ERROR_TYPES),
                   iou=np.r_[np.full(len(t.tp), np.nan), t.iou][o], gt_id=pd.arrays.IntegerArray(gt.astype(np.int64), gt < 0))
     real = np.flatnonzero(~G.ignore.numpy())
-    best = lambda idx, s: pd.Series(s).groupby(idx).max().reindex(real).to_numpy() if len(idx) else np.full(len(real), np.nan)
+    def best(idx, s):                                                      # per real GT: the best score at it, NaN if none
+        top, has = np.full(len(G), -np.inf), np.zeros(len(G), bool)
+        np.maximum.at(top, idx, s); has[idx] = True
+        return np.where(has, top, np.nan)[real]
     gts = _frame(G, real, classes, gt_id=real, found=best(t.tp_gt, score[t.tp]), aimed=best(t.target[t.aims], score[t.fp][t.aims]))
     return ErrorBreakdown(counts, pd.Series(delta, name="dmAP"), base_map, iou, bg_iou, dets, gts, P.n_images)
