@@ -38,7 +38,7 @@ static inline double bbiou(const double *b, const double *c, double da, int crow
 
 static void match_group(const double *db, int64_t nd, const double *gb, int64_t ng, const uint8_t *crowd,
                         const uint8_t *ign, int64_t Ng, int64_t A, const double *thr, int64_t T,
-                        double *iou, double *rmax, uint8_t *taken, uint8_t *mt, uint8_t *dig, int64_t *gt) {
+                        double *iou, double *rmax, uint8_t *taken, uint8_t *mt, uint8_t *dig, int64_t *gt, const int64_t *og) {
     double tmin = thr[0];
     int sorted = 1;                                                     /* ascending thresholds: stop at the row max */
     for (int64_t t = 1; t < T; t++) { tmin = thr[t] < tmin ? thr[t] : tmin; sorted &= thr[t] >= thr[t - 1]; }
@@ -72,7 +72,7 @@ static void match_group(const double *db, int64_t nd, const double *gb, int64_t 
                 tk[m] = 1;
                 mt[(d * A + a) * T + t] = 1;
                 dig[(d * A + a) * T + t] = ig[m];
-                if (a == 0) gt[d * T + t] = m;
+                if (a == 0) gt[d * T + t] = og[m];                         /* the GT's index into targets */
             }
         }
     }
@@ -100,12 +100,7 @@ static PyObject *match(PyObject *self, PyObject *args) {
         for (int64_t a = 0; a < A; a++) memcpy(ign_g + a * cg[k], ign + a * Ng + sg[k], (size_t)cg[k]);
         match_group((const double *)p_db + 4 * sd[k], cd[k], (const double *)p_gb + 4 * sg[k], cg[k],
                     crowd + sg[k], ign_g, cg[k], A, (const double *)p_thr, T, iou, rmax, taken,
-                    (uint8_t *)p_mt + sd[k] * A * T, (uint8_t *)p_dig + sd[k] * A * T, (int64_t *)p_gt + sd[k] * T);
-        for (int64_t d = 0; d < cd[k]; d++)                             /* group-local GT -> index into targets */
-            for (int64_t t = 0; t < T; t++) {
-                int64_t *v = (int64_t *)p_gt + (sd[k] + d) * T + t;
-                if (*v >= 0) *v = og[sg[k] + *v];
-            }
+                    (uint8_t *)p_mt + sd[k] * A * T, (uint8_t *)p_dig + sd[k] * A * T, (int64_t *)p_gt + sd[k] * T, og + sg[k]);
     }
     uint8_t *mt = (uint8_t *)p_mt, *dig = (uint8_t *)p_dig;
     for (Py_ssize_t d = 0; d < N; d++) {                                /* unmatched and outside the area range */

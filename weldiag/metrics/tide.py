@@ -148,13 +148,14 @@ def _fixed_maps(base:EvalReport, t:_Tide, rec_thrs=REC_THRS)->tuple:
     lab, score, glab = P.labels.numpy(), P.scores.numpy(), G.labels.numpy()
     npos = np.bincount(glab[~G.ignore.numpy()], minlength=K)
     nt, d = len(t.tp), np.r_[t.tp, t.fp]
-    so = score_order(torch.from_numpy(score[d])).numpy()                    # one score sort for all seven mAPs
-    lab_d, score_d, relabelled = lab[d], score[d], np.r_[glab, -1][t.target]
+    so = score_order(torch.from_numpy(score[d])).numpy()                    # one score sort for all seven mAPs:
+    lab_d, score_s, relabelled = lab[d], score[d][so], np.r_[glab, -1][t.target]   # each variant is passed in score order,
+    ident = np.arange(len(d))                                               # so the kernel reads its flags in sequence
     def score_of(fixed=None, relabel=None, drop=None, npos=npos):
         tp = np.r_[np.ones(nt, bool), np.zeros(len(t.fp), bool) if fixed is None else fixed]
         l = lab_d if relabel is None else np.r_[lab_d[:nt], np.where(relabel, relabelled, lab_d[nt:])]
-        dr = None if drop is None else np.r_[np.zeros(nt, bool), drop]
-        return _map_of(base.mode, l, score_d, tp, npos, rec_thrs, so, dr)
+        dr = None if drop is None else np.r_[np.zeros(nt, bool), drop][so]
+        return _map_of(base.mode, l[so], score_s, tp[so], npos, rec_thrs, ident, dr)
     base_map, delta = score_of(), {}
     for code, e in enumerate(ERROR_TYPES[:-1]):
         this = t.kind == code
