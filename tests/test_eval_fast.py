@@ -3,7 +3,7 @@ faster-coco-eval's and hotcoco's suites check for bbox evaluation (crowd, area r
 categories) against pycocotools exactly; and sharded / distributed evaluation equal to the single-process one."""
 import contextlib, io, os, socket, sys
 import numpy as np, pytest, torch
-from hypothesis import given, settings, HealthCheck, strategies as st
+from hypothesis import given, settings, assume, HealthCheck, strategies as st
 pytest.importorskip("pycocotools")
 import weldiag.metrics.coco as coco
 from weldiag.metrics import evaluate, evaluate_shard, merge_shards, evaluate_distributed, imperfect_preds
@@ -95,6 +95,24 @@ CASES = {
     "IoU exactly at a threshold": ([T([[0, 0, 10, 10]], [0])], [P([[0, 0, 10, 5], [0, 0, 10, 7.5]], [0, 0], [.9, .8])], 1),
     "zero-size and touching boxes": ([T([[0, 0, 10, 10], [10, 0, 20, 10]], [0, 0])],
                                      [P([[10, 0, 10, 10], [10, 0, 20, 10], [0, 0, 0, 0]], [0, 0, 0], [.9, .8, .7])], 1),
+    # the situations of hotcoco's adversarial corpus (tests/fixtures/adversarial), written here as weldiag inputs
+    "boxes outside the image": ([T([[-20, -10, 15, 30], [600, 400, 700, 520]], [0, 0])],
+                                [P([[-18, -10, 15, 28], [610, 405, 690, 520], [-50, -50, -5, -5]], [0, 0, 0], [.9, .7, .6])], 1),
+    "overlapping GTs compete for detections": ([T([[0, 0, 40, 40], [5, 5, 45, 45], [10, 0, 50, 40]], [0, 0, 0])],
+                                               [P([[4, 2, 44, 42], [2, 2, 42, 42], [8, 0, 48, 40], [6, 4, 46, 44]], [0] * 4,
+                                                  [.9, .85, .8, .75])], 1),
+    "one GT, 101 tied detections": ([T([[10, 10, 50, 50]], [0])],
+                                    [P([[10 + i % 3, 10, 50, 50 + i % 2] for i in range(101)], [0] * 101, [.5] * 101)], 1),
+    "max-dets boundary: 100 and 101 in an image": ([T([[i * 12, 0, i * 12 + 10, 10] for i in range(50)], [0] * 50)] * 2,
+                                                   [P([[(i % 50) * 12, 0, (i % 50) * 12 + 10, 10] for i in range(n)], [0] * n,
+                                                      [1 - i / 200 for i in range(n)]) for n in (100, 101)], 1),
+    "crowd and regular GT on the same object": ([T([[0, 0, 40, 40], [0, 0, 40, 40], [100, 0, 200, 80]], [0, 0, 0],
+                                                   iscrowd=torch.tensor([True, False, True]))],
+                                                [P([[0, 0, 40, 40], [1, 1, 41, 41], [110, 5, 150, 60], [150, 10, 190, 70]], [0] * 4,
+                                                   [.6, .9, .8, .7])], 1),
+    "detections on images without GT and GT without detections": ([T([], []), T([[0, 0, 30, 30]], [1]), T([], []), T([[5, 5, 60, 60]], [0])],
+                                                                  [P([[0, 0, 30, 30]], [1], [.9]), P([], [], []),
+                                                                   P([[0, 0, 10, 10], [3, 3, 30, 30]], [0, 1], [.8, .4]), P([], [], [])], 2),
 }
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -105,6 +123,26 @@ def test_edge_cases_equal_pycocotools(name, fast):
     E = pycocotools(preds, targets, k)
     assert np.array_equal(r.precision, E.eval["precision"]) and np.array_equal(r.recall, E.eval["recall"])
     assert np.array_equal(r.stats, np.asarray(E.stats))
+    assert_same_decisions(r, E)
+
+def assert_same_decisions(r, E):
+    """Decision for decision (as hotcoco's harness checks): per kept detection and IoU threshold, the GT it matched and
+    whether it is ignored, at area 'all' and the largest max-dets, equal to pycocotools' evalImgs `dtMatches` / `dtIgnore`"""
+    ref = {}
+    for e in E.evalImgs:
+        if e is None or e["aRng"] != E.params.areaRng[0] or e["maxDet"] != E.params.maxDets[-1]: continue
+        for j, d in enumerate(e["dtIds"]): ref[d - 1] = (e["dtMatches"][:, j].astype(np.int64) - 1, e["dtIgnore"][:, j])
+    assert sorted(ref) == sorted(r.det.tolist()), "kept detections differ"
+    for i, d in enumerate(r.det):
+        gt, ign = ref[int(d)]
+        assert np.array_equal(r.gt[:, i], gt) and np.array_equal(r.ignored[:, i], ign), f"detection {d}"
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(image(), min_size=1, max_size=5))
+def test_random_cases_decision_for_decision(images):
+    preds, targets = [i[0] for i in images], [i[1] for i in images]
+    assume(any(len(p["boxes"]) for p in preds))                     # pycocotools' loadRes fails on an empty result list
+    assert_same_decisions(evaluate(preds, targets, classes=K), pycocotools(preds, targets, K))
 
 def test_max_dets_variants_equal_pycocotools():
     targets, preds, k = CASES["max-dets cut per image and class"]
