@@ -24,7 +24,7 @@ LAYERS = {
     "weldiag.detectors": 2,
     "weldiag.load": 3,
     "weldiag.activations.": 4, "weldiag.anchors": 4, "weldiag.assign": 4, "weldiag.probmaps": 4, "weldiag.metrics.": 4,
-    "weldiag.lr_find": 4, "weldiag.train": 4, "weldiag.models": 4, "weldiag.decisions": 4, "weldiag.labels": 4,
+    "weldiag.lr_find": 4, "weldiag.train": 4, "weldiag.models": 4, "weldiag.decisions": 4, "weldiag.labels": 4, "weldiag.embeddings": 4,
     "weldiag.integrations": 5, "weldiag.report": 5, "weldiag.cli": 5,
     "weldiag.metrics": 5, "weldiag.activations": 5,   # the facades alone: they also re-export the fastai / ultralytics integrations
 }

@@ -17,10 +17,10 @@ from .detectors import as_detector, learner_of
 from .data import plain_text, panel_columns, show_image, draw_boxes, add_class_legend, class_colors, load_image
 
 # %% auto #0
-__all__ = ['MAX_HEIGHT', 'to_per_anchor', 'flatten_per_anchor', 'activate', 'head_spec', 'Grid', 'Letterboxed', 'ProbMap',
-           'ProbMaps', 'class_prob_maps', 'RoIScores', 'roi_class_scores', 'plot_class_maps', 'plot_level_grid',
-           'plot_max_map', 'plot_checkpoints', 'principal_component', 'FeatureMap', 'FeatureMaps', 'feature_maps',
-           'ProbMapExplorer']
+__all__ = ['MAX_HEIGHT', 'to_per_anchor', 'flatten_per_anchor', 'activate', 'head_spec', 'Grid', 'run_hooked', 'Letterboxed',
+           'ProbMap', 'ProbMaps', 'class_prob_maps', 'RoIScores', 'roi_class_scores', 'plot_class_maps',
+           'plot_level_grid', 'plot_max_map', 'plot_checkpoints', 'principal_component', 'FeatureMap', 'FeatureMaps',
+           'feature_maps', 'ProbMapExplorer']
 
 # %% ../nbs/04_probmaps.ipynb #c5f9a0fd
 def to_per_anchor(
@@ -166,7 +166,7 @@ def _model_device(model:nn.Module):
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
-def _run_hooked(det, images:list, names:list)->tuple:
+def run_hooked(det, images:list, names:list)->tuple:
     "Run the adapter's model (eval, no grad) with forward hooks on `names`; returns the [(name, output)] calls, the ImageList, the output"
     model = det.model
     pairs = [p for n in names for p in select_modules(model, n)]
@@ -433,7 +433,7 @@ def class_prob_maps(
     named = lambda pats: {n for p in ([pats] if isinstance(pats, str) else pats) for n, _ in select_modules(model, p)}
     cls_names = named(spec.modules)
     extra = [spec.centerness, spec.image_score, spec.anchor_module]
-    calls, image_list, _ = _run_hooked(det, images, [*spec.modules, *[e for e in extra if e]])
+    calls, image_list, _ = run_hooked(det, images, [*spec.modules, *[e for e in extra if e]])
     raws = _level_outputs(calls, cls_names, spec)
     L, shapes, A, probs = len(raws), [], [], []
     for l, (n, raw) in enumerate(raws):
@@ -487,7 +487,7 @@ def roi_class_scores(
         raise ValueError(f"roi_class_scores: {type(model).__name__} is not a two-stage detector (Faster / Mask / Keypoint R-CNN); "
                          "use class_prob_maps")
     images = _check_images(images, det)
-    calls, image_list, dets = _run_hooked(det, images, ["rpn", "roi_heads.box_predictor"])
+    calls, image_list, dets = run_hooked(det, images, ["rpn", "roi_heads.box_predictor"])
     proposals = next(o[0] for n, o in calls if n == "rpn")                       # list of (R_i, 4), model-input pixels
     logits = next(o[0] for n, o in calls if n == "roi_heads.box_predictor")     # (sum R_i, K+1)
     probs = logits.softmax(-1)[:, 1:].split([len(p) for p in proposals])
@@ -651,7 +651,7 @@ def feature_maps(
     if layers is None:
         layers = det.feature_layers()
     names = [n for n, _ in select_modules(model, layers)]
-    calls, image_list, _ = _run_hooked(det, images, names)
+    calls, image_list, _ = run_hooked(det, images, names)
     Hp, Wp = image_list.tensors.shape[-2:] if image_list is not None else images[0].shape[-2:]
     sizes = image_list.image_sizes if image_list is not None else [tuple(im.shape[-2:]) for im in images]
     out, seen = {}, {}

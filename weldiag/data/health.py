@@ -13,7 +13,7 @@ from PIL import Image
 from .records import DetectionDataset, Record
 
 # %% auto #0
-__all__ = ['phash', 'duplicates', 'box_problems', 'split_drift', 'DataHealth', 'data_health']
+__all__ = ['DUP_COLUMNS', 'phash', 'as_splits', 'duplicates', 'box_problems', 'split_drift', 'DataHealth', 'data_health']
 
 # %% ../../nbs/01m_data_health.ipynb #600e16cf
 def _dct_matrix(n:int)->np.ndarray:
@@ -36,27 +36,47 @@ def phash(
     return low > np.median(low[1:])   # the DC term would dominate the median
 
 # %% ../../nbs/01m_data_health.ipynb #879f9d89
-def _splits(data)->dict:
+def as_splits(data)->dict:
     "{split: DetectionDataset} from a dataset or a dict of them"
     if isinstance(data, DetectionDataset): return {data.name or "data": data}
     if isinstance(data, dict) and all(isinstance(v, DetectionDataset) for v in data.values()): return dict(data)
     raise ValueError(f"expected a DetectionDataset or a dict of split name -> DetectionDataset, got {type(data).__name__}")
 
+DUP_COLUMNS = ["split_a", "image_a", "split_b", "image_b", "path_a", "path_b", "distance", "embed_distance", "by", "cross"]
+
+def _embedding_matrix(embeddings:dict, sp:dict)->np.ndarray:
+    "(N, D) unit rows in the order of `sp`'s splits and images, checked against the datasets"
+    if set(embeddings) != set(sp):
+        raise ValueError(f"embeddings: splits {sorted(embeddings)} but the data has {sorted(sp)}")
+    for s, ds in sp.items():
+        if len(embeddings[s]) != len(ds): raise ValueError(f"embeddings[{s!r}]: {len(embeddings[s])} rows for {len(ds)} images")
+    E = np.concatenate([np.asarray(embeddings[s], np.float32) for s in sp])
+    return E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+
 def duplicates(
     data,                  # a DetectionDataset or {split: DetectionDataset}
     max_dist:float=0.1,    # pairs whose hashes differ in less than this fraction of bits
     n:int=16,              # hash side (n*n bits)
-)->pd.DataFrame:           # split_a, image_a, split_b, image_b, path_a, path_b, distance, cross; closest first
-    "Near-duplicate image pairs by perceptual hash, within and across splits"
-    sp = _splits(data)
+    embeddings:dict=None,  # {split: (N, D) array}: one vector per image (e.g. `weldiag.embeddings.image_embeddings`)
+    max_embed_dist:float=0.3,  # ... and pairs whose cosine distance is below this
+)->pd.DataFrame:           # split_a, image_a, split_b, image_b, path_a, path_b, distance, embed_distance, by, cross; closest first
+    "Near-duplicate image pairs by perceptual hash (and by an embedding when given), within and across splits"
+    sp = as_splits(data)
     keys = [(s, i, r.path) for s, ds in sp.items() for i, r in enumerate(ds)]
-    if not keys: return pd.DataFrame(columns=["split_a", "image_a", "split_b", "image_b", "path_a", "path_b", "distance", "cross"])
+    if not keys: return pd.DataFrame(columns=DUP_COLUMNS)
     H = np.stack([phash(p, n) for _, _, p in keys]).astype(np.float32)     # (N, bits)
     d = (H[:, None] != H[None]).mean(-1) if len(H) <= 2000 else (H @ (1 - H).T + (1 - H) @ H.T) / H.shape[1]
-    a, b = np.where(np.triu(d < max_dist, 1))
-    rows = [(*keys[i][:2], *keys[j][:2], str(keys[i][2]), str(keys[j][2]), float(d[i, j]), keys[i][0] != keys[j][0])
-            for i, j in zip(a, b)]
-    out = pd.DataFrame(rows, columns=["split_a", "image_a", "split_b", "image_b", "path_a", "path_b", "distance", "cross"])
+    close = d < max_dist
+    if embeddings is not None:
+        E = _embedding_matrix(embeddings, sp)
+        e = np.clip(1 - E @ E.T, 0, 2)
+        close |= e < max_embed_dist
+    else: e = np.full_like(d, np.nan)
+    a, b = np.where(np.triu(close, 1))
+    by = lambda i, j: "both" if d[i, j] < max_dist and e[i, j] < max_embed_dist else "hash" if d[i, j] < max_dist else "embedding"
+    rows = [(*keys[i][:2], *keys[j][:2], str(keys[i][2]), str(keys[j][2]), float(d[i, j]), float(e[i, j]), by(i, j),
+             keys[i][0] != keys[j][0]) for i, j in zip(a, b)]
+    out = pd.DataFrame(rows, columns=DUP_COLUMNS)
     return out.sort_values(["distance", "split_a", "image_a"], kind="stable").reset_index(drop=True)
 
 # %% ../../nbs/01m_data_health.ipynb #9ef4fef5
@@ -105,6 +125,11 @@ def split_drift(
     return pd.DataFrame(rows)
 
 # %% ../../nbs/01m_data_health.ipynb #6d21c9f3
+def _dup_detail(r)->str:
+    "A duplicate pair's distances, as the table shows them"
+    s = f"hash distance {r.distance:.3f}"
+    return s if np.isnan(r.embed_distance) else s + f", embedding distance {r.embed_distance:.3f} (found by {r.by})"
+
 @dataclass
 class DataHealth:
     "Model-free health of a dataset's splits"
@@ -115,7 +140,7 @@ class DataHealth:
     def to_frame(self)->pd.DataFrame:
         "One row per finding: kind, split, what, detail"
         rows = [("near-duplicate" + (" across splits" if r.cross else ""), f"{r.split_a}/{r.split_b}",
-                 f"{Path(r.path_a).name} ~ {Path(r.path_b).name}", f"hash distance {r.distance:.3f}") for r in self.duplicates.itertuples()]
+                 f"{Path(r.path_a).name} ~ {Path(r.path_b).name}", _dup_detail(r)) for r in self.duplicates.itertuples()]
         rows += [("box", r.split, Path(r.path).name, f"box {r.box}: {r.problem}") for r in self.boxes.itertuples()]
         rows += [("no label file", r.split, Path(r.path).name, r.treated_as) for r in self.unlabelled.itertuples()]
         rows += [("drift", r.split, r.cls, f"p_share {r.p_share:.3g}, p_size {r.p_size:.3g}") for r in self.drift.itertuples()
@@ -136,12 +161,13 @@ class DataHealth:
 def data_health(
     data,                  # a DetectionDataset or {split: DetectionDataset}; drift compares every split with the first
     max_dist:float=0.1,    # near-duplicate threshold (`duplicates`)
+    embeddings:dict=None,  # {split: (N, D)} image embeddings for `duplicates` (None: the hash alone)
 )->DataHealth:
     "Near-duplicates, box problems, images without label files and split drift of a dataset's splits"
-    sp = _splits(data)
+    sp = as_splits(data)
     boxes = pd.concat([box_problems(ds).assign(split=s) for s, ds in sp.items()], ignore_index=True)
     unl = pd.DataFrame([(s, str(p), "background image without boxes") for s, ds in sp.items() for p in getattr(ds, "unlabelled", [])],
                        columns=["split", "path", "treated_as"])
     first, *rest = sp
     drift = pd.concat([split_drift(sp[first], sp[s]).assign(split=s) for s in rest] or [pd.DataFrame()], ignore_index=True)
-    return DataHealth(duplicates(sp, max_dist), boxes, unl, drift)
+    return DataHealth(duplicates(sp, max_dist, embeddings=embeddings), boxes, unl, drift)

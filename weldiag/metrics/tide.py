@@ -77,6 +77,7 @@ def _fix_one_per_gt(fp:np.ndarray, score:np.ndarray, target:np.ndarray, aims:np.
     best[i[np.r_[True, target[i][1:] != target[i][:-1]]] if len(i) else i] = True
     return best
 
+# %% ../../nbs/06e_eval_tide.ipynb #c304a5d5
 def _map_of_c(labels:np.ndarray, scores:np.ndarray, tp:np.ndarray, npos:np.ndarray, rec_thrs, so=None, drop=None)->float:
     """The COCO case of `_map_of` by the C accumulate kernel (one area range, one IoU, no max-dets cut); `so`: the stable
     score order if known; `drop`: detections left out (passed as ignored, which the kernel skips: the same as removing them)"""

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 
 from ..data import weld_sample, load_dataset, DetectionTorchDataset, detection_collate
 from ..data.health import data_health
+from ..embeddings import image_embeddings
 from ..labels import label_quality, out_of_fold_predictions, LabelQuality, ISSUES
 from ..metrics.predict import predict
 from ..models import small_detector
@@ -18,12 +19,31 @@ from ..load import load_detector
 from .config import resolve_device
 
 # %% auto #0
-__all__ = ['SMALL', 'IN_SAMPLE', 'health_step', 'labels_step', 'labels_command']
+__all__ = ['EMBED_MAX_IMAGES', 'SMALL', 'IN_SAMPLE', 'health_step', 'labels_step', 'labels_command']
 
 # %% ../../nbs/08g_report_labels.ipynb #2d442115
+EMBED_MAX_IMAGES = 2000   # above this many images the data-health step compares hashes only (one forward per image)
+
+def _embeddings(run, sp:dict):
+    "The model's image embeddings for the duplicate search, when the model is trained and the run is not `--fast`; else None"
+    cfg, n = getattr(run, "cfg", None), sum(len(d) for d in sp.values())
+    trained = getattr(run, "given", None) or getattr(cfg, "trained", False)
+    if cfg is None or cfg.fast or not trained or getattr(run, "model", None) is None: return None
+    if n > EMBED_MAX_IMAGES:
+        run.report.note(f"Near-duplicates by perceptual hash only: {n} images are more than the {EMBED_MAX_IMAGES} the "
+                        "model embeds here (`weldiag.embeddings.image_embeddings` does any number).")
+        return None
+    try: return image_embeddings(run.model, sp, progress=False)
+    except ValueError as e:
+        run.report.note(f"Near-duplicates by perceptual hash only: the model's embedding is unavailable ({e}).")
+        return None
+
 def health_step(run):
     "Data health of the train and evaluated splits: leaks, box problems, images without label files, drift"
-    rep, h = run.report, data_health({"train": run.train, "val": run.valid})
+    sp = {"train": run.train, "val": run.valid}
+    rep = run.report
+    emb = _embeddings(run, sp)
+    h = data_health(sp, embeddings=emb)
     rep.section("Data health", "Problems a model cannot fix: the same image in train and val (a leak that inflates val AP), "
                 "boxes annotated twice or outside their image, images without a label file, and classes whose share or box "
                 "size differs between the splits (two-sample tests per class).")
@@ -31,13 +51,15 @@ def health_step(run):
     rep.cards({"near-duplicates across splits": cross, "within a split": len(h.duplicates) - cross,
                "box problems": len(h.boxes), "images without label file": len(h.unlabelled)})
     f = h.to_frame()
-    if len(f): rep.table(f, "Each finding: near-duplicate pairs (perceptual hash distance, fraction of 256 bits), box "
+    if len(f): rep.table(f, "Each finding: near-duplicate pairs (perceptual hash distance, fraction of 256 bits"
+                         + (", and the cosine distance of the model's own feature embeddings" if emb is not None else "") + "), box "
                          "problems, images without label files and how they are treated, classes drifting at p < 0.01.", index=False)
     else: rep.note("No near-duplicates, box problems, images without label files or drifting classes found.")
     if len(h.drift): rep.figure(h.plot().figure, "data_health_drift", "Share of the boxes per class in train and val.")
     if len(h.drift): rep.table(h.drift.drop(columns="split"), "Per class, train vs val: box counts and shares (p_share: "
                                "chi-square, Fisher when small) and median sqrt(area) in px (p_size: Kolmogorov-Smirnov).", index=False)
     run.summary["data_health"] = {"near_duplicates_across_splits": cross, "near_duplicates": len(h.duplicates),
+                                  "duplicates_by": "hash and embedding" if emb is not None else "hash",
                                   "box_problems": len(h.boxes), "unlabelled_images": [str(p) for p in h.unlabelled.path],
                                   "drifting_classes": [r.cls for r in h.drift.itertuples() if min(r.p_share, r.p_size) < 0.01]}
 
