@@ -160,7 +160,7 @@ class QueryCoverage:
         return (f"QueryCoverage({self.source}: {len(self.frame)} GTs on {len(self.images)} images; grid {grid}; "
                 + ", ".join(f"{s} {int(counts.get(s, 0))}" for s in self.statuses)
                 + f"; {self.num_queries} queries, at most {self.to_summary()['max_gts_per_image']} GTs per image"
-                + ("" if self.checkpoint else "; geometry only: pass checkpoint=True for the selection and the match") + ")")
+                + ("" if self.checkpoint else "; geometry only: the selection and the match need trained weights (checkpoint=True)") + ")")
     def _repr_html_(self): return f"<p>{plain_text(repr(self))}</p>" + self.summary("class").to_html()
 
 # %% ../nbs/03h_query_coverage.ipynb #bc72b52b

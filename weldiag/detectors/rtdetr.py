@@ -138,9 +138,13 @@ class _RTDETRQueries:
         xyxy = torch.cat([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], 1)
         level = torch.cat([torch.full((h * w,), l) for l, (h, w) in enumerate(shapes)])
         return xyxy, level, valid[0, :, 0]
+    def _on_model(self, images:list)->list:
+        "The images on the model's device (results come back to the host)"
+        dev = next(self.model.parameters()).device
+        return [im.to(dev) for im in images]
     def _forward_eval(self, images:list, hooked:list=()):
         "The model in eval mode on the S × S batch, without gradients, training mode restored; outputs of `hooked` modules kept"
-        got, was = [], self.model.training
+        got, was, images = [], self.model.training, self._on_model(images)
         try:
             self.model.eval()
             with Hooks(list(hooked), lambda n, m, i, o: got.append(o.detach())), torch.no_grad():
@@ -154,9 +158,10 @@ class _RTDETRQueries:
         k = min(self.num_queries, best.shape[1])
         topk = ultralytics_import("ultralytics.nn.modules.head.Detect")._grouped_topk
         sel = topk(best, k, 1)[1]                                        # the decoder's call (one group outside TensorRT export)
-        return [{"scores": b.sigmoid(), "selected": s} for b, s in zip(best, sel)]
+        return [{"scores": b.sigmoid().cpu(), "selected": s.cpu()} for b, s in zip(best, sel)]
     def query_matches(self, images:list, targets:list)->list:
         "Per GT the query the criterion's `HungarianMatcher` assigns on the last decoder layer, and that pair's cost"
+        images = self._on_model(images)
         y, _ = self._forward_eval(images)
         dec_bboxes, dec_scores = y[1][0][-1], y[1][1][-1]                # eval: (1, N, Q, 4) cxcywh 0..1, (1, N, Q, K) logits
         b, n = self.batch(images, targets), [len(t["boxes"]) for t in targets]
