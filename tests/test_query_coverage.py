@@ -168,6 +168,7 @@ def test_cli_coverage_exits_0(tmp_path):
     s = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert {"query_based", "location_inside", "statuses", "per_class", "levels", "num_queries", "max_gts_per_image"} <= set(s)
     assert s["gt_boxes"] == sum(len(r.boxes) for r in weld_sample()) and (tmp_path / "c" / "coverage.png").exists()
+    assert (tmp_path / "c" / "query_gallery.png").exists()   # some weld pores hold no location at 320 px
 
 
 def test_report_coverage_step(det):

@@ -15,13 +15,13 @@ from torch import Tensor
 
 from .boxes import pair_iou
 from .progress import progress_bars
-from .data import DetectionDataset, DetectionTorchDataset, plain_text
+from .data import DetectionDataset, DetectionTorchDataset, plain_text, load_image, show_image, draw_boxes
 from .detectors import as_detector
 from .gt_table import gt_columns, bucket
 
 # %% auto #0
 __all__ = ['QUERY_STATUSES', 'GRID_STATUSES', 'QUERY_COLORS', 'inside_locations', 'grid_levels', 'QueryCoverage',
-           'query_coverage', 'plot_query_coverage']
+           'query_coverage', 'plot_query_coverage', 'plot_query_gallery']
 
 # %% ../nbs/03h_query_coverage.ipynb #897d2082
 QUERY_STATUSES = ("no location inside", "inside but not selected", "selected")   # with `checkpoint`: trained weights
@@ -113,6 +113,8 @@ class QueryCoverage:
     checkpoint:bool          # selection and matching asked (the weights mean something)
     ds:DetectionDataset = field(repr=False)
     source:str = ""
+    grids:dict = field(default_factory=dict, repr=False)   # input (H, W) -> ((A, 4) xyxy input px, (A,) level, (A,) valid, names)
+    geometry:dict = field(default_factory=dict, repr=False) # image index -> its `InputGeometry` (original -> input pixels)
     query_based = True       # the DETR-family counterpart of `Coverage` / `Assignability`
     @property
     def statuses(self)->tuple: return QUERY_STATUSES if self.checkpoint else GRID_STATUSES
@@ -154,6 +156,8 @@ class QueryCoverage:
         if self.checkpoint: out |= {"selected": self.share("selected"), "mean_cost": float(f["cost"].mean()) if len(f) else None}
         return out
     def plot(self, figsize=(14, 8.5)): return plot_query_coverage(self, figsize)
+    def plot_gallery(self, n:int=12, ncols:int=4, status=("no location inside", "inside but not selected")):
+        return plot_query_gallery(self, n, ncols, status)
     def __repr__(self):
         counts = self.frame["status"].value_counts()
         grid = ", ".join(f"{n} stride {r['stride']:g}" for n, r in self.levels.iterrows())
@@ -201,7 +205,7 @@ def query_coverage(
     if not len(ds): raise ValueError("query_coverage: the dataset has no images")
     if checkpoint is None: checkpoint = bool(getattr(det.model, "weldiag_checkpoint", None))
     tds = DetectionTorchDataset(ds) if checkpoint else None
-    grid, rows, srcs, images = {}, [], [], []
+    grid, rows, srcs, images, geo = {}, [], [], [], {}
     bar = progress_bars()[1]
     for i in (bar(range(len(ds))) if progress else range(len(ds))):
         rec = ds[i]
@@ -209,6 +213,7 @@ def query_coverage(
         f, src = _image_rows(det, rec, x, t, grid, checkpoint, list(ds.classes), i)
         rows.append(f); srcs.append(src)
         images.append({"image": i, "file": rec.path.name, "gts": len(rec.boxes)})
+        geo[i] = det.input_geometry(rec.size[::-1])
     frame = pd.concat(rows, ignore_index=True)
     frame["status"] = _status(frame, checkpoint)
     Q, D = int(det.num_queries), int(det.num_denoising or 0)
@@ -216,7 +221,7 @@ def query_coverage(
     im["over queries"] = im["gts"] > Q
     im["denoising groups"] = [D // n if n and D else 0 for n in im["gts"]]   # copies of each GT at batch size 1 (DN-DETR / DINO)
     levels = _level_table(next(iter(grid.values())), frame, srcs, checkpoint)
-    return QueryCoverage(frame, im, levels, list(ds.classes), Q, D, bool(checkpoint), ds, det.name)
+    return QueryCoverage(frame, im, levels, list(ds.classes), Q, D, bool(checkpoint), ds, det.name, grid, geo)
 
 def _level_table(grid:tuple, frame:pd.DataFrame, srcs:list, checkpoint:bool)->pd.DataFrame:
     "The proposal grid's levels (of the first input size) with the GTs inside / best there, and the queries from there"
@@ -276,4 +281,43 @@ def plot_query_coverage(qc:QueryCoverage, figsize=(14, 8.5)):
             else "geometry only (no checkpoint: selection and match not asked)")
     fig.suptitle(f"{qc.source}: can a query start inside each GT? {qc.reachable():.1%} of {len(qc.frame)} GTs hold a "
                  f"proposal location; {what}", fontsize=11)
+    return fig
+
+# %% ../nbs/03h_query_coverage.ipynb #c87ca75c
+def _centres_in(qc:QueryCoverage, i:int, crop:list)->list:
+    "Per level, the (x, y) original-pixel centres of the valid grid locations of image `i` that fall inside `crop`"
+    g = qc.geometry[i]
+    anchors, level, valid, names = qc.grids[tuple(g.padded_hw)]
+    (sy, sx), (oy, ox) = g.scale, g.offset
+    c = (anchors[:, :2] + anchors[:, 2:]) / 2
+    x, y = (c[:, 0] - ox) / sx, (c[:, 1] - oy) / sy                    # input -> original pixels
+    on = valid & (x >= crop[0]) & (x < crop[2]) & (y >= crop[1]) & (y < crop[3])
+    return [(n, x[on & (level == l)].numpy(), y[on & (level == l)].numpy()) for l, n in enumerate(names)]
+
+def plot_query_gallery(qc:QueryCoverage, n:int=12, ncols:int=4, status=("no location inside", "inside but not selected")):
+    "The smallest GTs with `status`, on their images, with the proposal grid's valid location centres around them (per level)"
+    f = qc.frame[qc.frame["status"].isin(status)].sort_values("size").head(n)
+    if not len(f): return None
+    nrows = math.ceil(len(f) / ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
+    cm, L = plt.get_cmap("cool"), len(qc.levels)
+    for ax, (_, r) in zip(axs.flat, f.iterrows()):
+        rec = qc.ds[int(r["image"])]
+        W, H = rec.size
+        gt = [r["x1"], r["y1"], r["x2"], r["y2"]]
+        pad = 0.6 * max(gt[2] - gt[0], gt[3] - gt[1]) + 12
+        crop = [max(0, int(gt[0] - pad)), max(0, int(gt[1] - pad)), min(W, int(gt[2] + pad) + 1), min(H, int(gt[3] + pad) + 1)]
+        show_image(load_image(rec).crop(crop), ax=ax)
+        draw_boxes(ax, torch.tensor([gt]) - torch.tensor([crop[0], crop[1]] * 2), [int(r["label"])], qc.classes, lw=2)
+        for l, (name, x, y) in enumerate(_centres_in(qc, int(r["image"]), crop)):
+            ax.scatter(x - crop[0], y - crop[1], s=14 + 10 * l, color=cm(l / max(1, L - 1)), edgecolors="k", linewidths=0.4,
+                       label=name)
+        ax.set_xlim(-0.5, crop[2] - crop[0] - 0.5); ax.set_ylim(crop[3] - crop[1] - 0.5, -0.5)
+        ax.set_title(f"{r['file']} #{int(r['box'])}: {r['class']} {r['in_w']:.1f}×{r['in_h']:.1f} input px\n{r['status']}, "
+                     f"best proposal IoU {r['best_iou']:.2f}", fontsize=8)
+    for ax in list(axs.flat)[len(f):]: ax.axis("off")
+    h, lab = axs.flat[0].get_legend_handles_labels()
+    fig.legend(h, [f"grid centres {x}" for x in lab], loc="lower center", ncol=L, fontsize=8, frameon=False)
+    fig.suptitle(f"{qc.source}: the smallest GTs with {' / '.join(status)} (dots: valid proposal locations, per level)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig

@@ -115,7 +115,10 @@ def query_command(
           f"({int(im['over queries'].sum())} images over the budget); {qc.num_denoising} denoising queries")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     files = [out / "coverage.png", out / "summary.json"]
-    qc.plot().savefig(files[0], dpi=110, bbox_inches="tight"); plt.close("all")
-    files[1].write_text(json.dumps(about | qc.to_summary(), indent=2))
+    qc.plot().savefig(files[0], dpi=110, bbox_inches="tight")
+    g = qc.plot_gallery()
+    if g is not None: g.savefig(out / "query_gallery.png", dpi=110, bbox_inches="tight"); files.insert(1, out / "query_gallery.png")
+    plt.close("all")
+    files[-1].write_text(json.dumps(about | qc.to_summary(), indent=2))
     print("\nwrote " + ", ".join(map(str, files)))
     return 0

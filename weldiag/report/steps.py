@@ -191,6 +191,9 @@ def _query_section(run:Run):
               "location inside, GTs whose best proposal is there" + (", queries selected from there." if ck else "."))
     rep.figure(qc.plot(), "query_coverage", "Status shares per class and size, GT shapes against the grid's strides and "
                "anchor sizes, best proposal IoU per level.")
+    g = qc.plot_gallery(n=8)
+    if g is not None: rep.figure(g, "query_gallery", "The smallest GTs that hold no location (or none the model selects), "
+                                 "on their images, with the valid location centres of each level around them.", photo=True)
     run.summary["coverage"] = {k: s[k] for k in ("location_inside", "mean_best_iou", "num_queries", "num_denoising",
                                                  "max_gts_per_image", "images_over_queries", "checkpoint")} \
                               | {"query_based": True, "gt_boxes": len(qc.frame)} | ({"selected": s["selected"]} if ck else {})
