@@ -173,7 +173,7 @@ class _RTDETRQueries:
             q, cost = torch.full((n[k],), -1, dtype=torch.long), torch.full((n[k],), float("nan"))
             g = gj - start
             q[g] = qi
-            if len(g): cost[g] = torch.as_tensor(seen[k])[qi, g].float()
+            if len(g) and k < len(seen): cost[g] = torch.as_tensor(seen[k])[qi, g].float()   # else NaN: no matrix kept
             out.append({"query": q, "cost": cost}); start += n[k]
         return out
 
