@@ -7,7 +7,7 @@ Layers, each importing only its own and the ones below (`LAYERS`; the longest ma
   1  data, zoo, gt_table: datasets and their drawing, the small model zoo, the per-GT table
   2  detectors: the interface and one adapter module per family
   3  load: `load_detector` (builder names, state_dicts, checkpoints, yamls)
-  4  the capabilities: activations, anchors, assign, probmaps, metrics, lr_find, train (and `models`, their facade)
+  4  the capabilities: activations, anchors, assign, queries, probmaps, metrics, lr_find, train (and `models`, their facade)
   5  integrations, report, cli
 """
 import ast, json, re
@@ -24,7 +24,8 @@ LAYERS = {
     "weldiag.detectors": 2,
     "weldiag.load": 3,
     "weldiag.activations.": 4, "weldiag.anchors": 4, "weldiag.assign": 4, "weldiag.probmaps": 4, "weldiag.metrics.": 4,
-    "weldiag.lr_find": 4, "weldiag.train": 4, "weldiag.models": 4, "weldiag.decisions": 4, "weldiag.labels": 4, "weldiag.embeddings": 4,
+    "weldiag.lr_find": 4, "weldiag.train": 4, "weldiag.models": 4, "weldiag.decisions": 4, "weldiag.labels": 4,
+    "weldiag.queries": 4, "weldiag.embeddings": 4,
     "weldiag.integrations": 5, "weldiag.report": 5, "weldiag.cli": 5,
     "weldiag.metrics": 5, "weldiag.activations": 5,   # the facades alone: they also re-export the fastai / ultralytics integrations
 }

@@ -74,8 +74,9 @@ def build_parser()->argparse.ArgumentParser:
     c.add_argument("path", nargs="?", help="dataset folder or file")
     c.add_argument("--sample", action="store_true", help="use the bundled LoHi-WELD weld sample")
     c.add_argument("--model", default="retinanet", metavar="ARCH",
-                   help="retinanet, fasterrcnn, ssd, ssdlite, fcos (torchvision's default builders), fastai-ssd, or any "
-                        "torchvision detection builder name")
+                   help="retinanet, fasterrcnn, ssd, ssdlite, fcos (torchvision's default builders), fastai-ssd, any "
+                        "torchvision detection builder name, or an ultralytics yaml / .pt (YOLO: assignability; "
+                        "RT-DETR: query coverage)")
     c.add_argument("--image-size", type=int, default=None, help="short side (sets --min-size) or SSD's square side")
     _add_weights_args(c)
     c.add_argument("--out", default="weldiag-coverage", help="folder for the PNG plots")

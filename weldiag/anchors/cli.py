@@ -16,9 +16,10 @@ from ..detectors import as_detector, ULTRALYTICS_SUFFIXES
 from ..load import load_detector
 from ..assign import assignability_by_branch, branch_table
 from .compute import coverage, yolo_bpr
+from ..queries import query_coverage
 
 # %% auto #0
-__all__ = ['COVERAGE_MODELS', 'cli_target', 'coverage_summary', 'coverage_command']
+__all__ = ['COVERAGE_MODELS', 'cli_target', 'coverage_summary', 'coverage_command', 'query_command']
 
 # %% ../../nbs/03g_coverage_cli.ipynb #8d29283c
 COVERAGE_MODELS = {"retinanet": "retinanet_resnet50_fpn", "fasterrcnn": "fasterrcnn_resnet50_fpn", "fcos": "fcos_resnet50_fpn",
@@ -68,6 +69,9 @@ def coverage_command(
     try: ds = weld_sample() if sample else load_dataset(path)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"weldiag coverage: {e}", file=sys.stderr); return 1
+    if getattr(target, "query_based", False):   # a DETR-family adapter: no anchors, its proposal grid and queries
+        return query_command(target, ds, out, {"model": model, "weights": str(weights) if weights else None,
+                                               "dataset": "weld_sample" if sample else str(path)})
     cov = coverage(target, ds)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(cov)
@@ -90,5 +94,31 @@ def coverage_command(
          **coverage_summary(cov)} | ({"branches": {b: a.to_summary() for b, a in by_branch.items()}} if by_branch else {})
     (out / "summary.json").write_text(json.dumps(s, indent=2))
     files.append(out / "summary.json")
+    print("\nwrote " + ", ".join(map(str, files)))
+    return 0
+
+# %% ../../nbs/03g_coverage_cli.ipynb #ad722c1b
+def query_command(
+    det,                     # a query-based adapter (`det.query_based`)
+    ds,                      # the dataset
+    out,                     # folder for coverage.png and summary.json
+    about:dict,              # model / weights / dataset, written first in summary.json
+)->int:                      # exit code
+    "`weldiag coverage` for a DETR-family model: print the query coverage summaries, write its plot and summary.json"
+    qc = query_coverage(det, ds)   # checkpoint: when the model came from a checkpoint file
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(qc)
+        for by in (None, "class", "coco", "size", "aspect"): print(f"\n{qc.summary(by).to_string()}")
+        print(f"\n{qc.level_summary().to_string()}")
+    im = qc.images
+    print(f"\nGTs per image: at most {int(im['gts'].max())} against {qc.num_queries} queries "
+          f"({int(im['over queries'].sum())} images over the budget); {qc.num_denoising} denoising queries")
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    files = [out / "coverage.png", out / "summary.json"]
+    qc.plot().savefig(files[0], dpi=110, bbox_inches="tight")
+    g = qc.plot_gallery()
+    if g is not None: g.savefig(out / "query_gallery.png", dpi=110, bbox_inches="tight"); files.insert(1, out / "query_gallery.png")
+    plt.close("all")
+    files[-1].write_text(json.dumps(about | qc.to_summary(), indent=2))
     print("\nwrote " + ", ".join(map(str, files)))
     return 0

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/01j_det_rtdetr.ipynb #463b2fe7
 from __future__ import annotations
-import math
+import importlib, math
 
 import torch
 from torch import nn, Tensor
@@ -12,7 +12,7 @@ from torch import nn, Tensor
 from ..spec import InputGeometry, HeadSpec, hw_pair
 from ..hooks import Hooks
 from .base import Detector, register, module_at
-from .ultralytics import is_ultralytics, ultralytics_criterion, ultralytics_names, ultralytics_image_size
+from .ultralytics import is_ultralytics, ultralytics_criterion, ultralytics_names, ultralytics_image_size, ultralytics_import
 
 # %% auto #0
 __all__ = ['is_rtdetr_decoder', 'RTDETRDetector']
@@ -120,9 +120,77 @@ class _RTDETRPrediction:
             out.append({"boxes": b, "scores": d[:, 4], "labels": d[:, 5].long()})
         return out
 
+# %% ../../nbs/01j_det_rtdetr.ipynb #c6752eb8
+class _RTDETRQueries:
+    "The decoder's own proposal grid (`_generate_anchors`), its top-k query selection and its criterion's Hungarian match"
+    @property
+    def num_denoising(self)->int: return int(getattr(self.head, "num_denoising", 0) or 0)
+    def _grid_shapes(self)->list:
+        "[[H, W]] of each level the decoder reads at the adapter's `image_size` (as `_get_encoder_input` lists them)"
+        return [list(hw) for hw in self.level_shapes(self.image_size)]
+    def query_anchors(self, image_hw)->tuple:
+        "((A, 4) xyxy input px, (A,) level, (A,) valid) of the decoder's own anchors; every image is resized to S × S"
+        S, shapes = self.image_size, self._grid_shapes()
+        like = torch.zeros(1)                                            # dtype / device the anchors inherit
+        _, valid = self.head._generate_anchors(shapes, like)             # (1, A, 1): the model's own valid mask (eps 0.01)
+        logit, _ = self.head._generate_anchors(shapes, like, eps=0.0)    # (1, A, 4) logit cxcywh, none set to inf
+        c = logit[0].sigmoid() * S                                       # normalised cxcywh -> input px
+        xyxy = torch.cat([c[:, :2] - c[:, 2:] / 2, c[:, :2] + c[:, 2:] / 2], 1)
+        level = torch.cat([torch.full((h * w,), l) for l, (h, w) in enumerate(shapes)])
+        return xyxy, level, valid[0, :, 0]
+    def _on_model(self, images:list)->list:
+        "The images on the model's device (results come back to the host)"
+        dev = next(self.model.parameters()).device
+        return [im.to(dev) for im in images]
+    def _forward_eval(self, images:list, hooked:list=()):
+        "The model in eval mode on the S × S batch, without gradients, training mode restored; outputs of `hooked` modules kept"
+        got, was, images = [], self.model.training, self._on_model(images)
+        try:
+            self.model.eval()
+            with Hooks(list(hooked), lambda n, m, i, o: got.append(o.detach())), torch.no_grad():
+                y = self.model(self.letterbox(images)[0])
+        finally: self.model.train(was)
+        return y, got
+    def query_selection(self, images:list)->list:
+        "Per image the max class probability of `enc_score_head` at every location and the top-k `_get_decoder_input` keeps"
+        _, got = self._forward_eval(images, [("enc_score_head", self.head.enc_score_head)])
+        best = got[-1].max(-1).values                                    # (N, A, K) logits -> (N, A), as the decoder ranks
+        k = min(self.num_queries, best.shape[1])
+        topk = ultralytics_import("ultralytics.nn.modules.head.Detect")._grouped_topk
+        sel = topk(best, k, 1)[1]                                        # the decoder's call (one group outside TensorRT export)
+        return [{"scores": b.sigmoid().cpu(), "selected": s.cpu()} for b, s in zip(best, sel)]
+    def query_matches(self, images:list, targets:list)->list:
+        "Per GT the query the criterion's `HungarianMatcher` assigns on the last decoder layer, and that pair's cost"
+        images = self._on_model(images)
+        y, _ = self._forward_eval(images)
+        dec_bboxes, dec_scores = y[1][0][-1], y[1][1][-1]                # eval: (1, N, Q, 4) cxcywh 0..1, (1, N, Q, K) logits
+        b, n = self.batch(images, targets), [len(t["boxes"]) for t in targets]
+        matcher = self.criterion().matcher
+        seen = []
+        with _keep_costs(matcher, seen): idx = matcher(dec_bboxes, dec_scores, b["bboxes"], b["cls"].long().view(-1), n)
+        out, start = [], 0
+        for k, (qi, gj) in enumerate(idx):
+            q, cost = torch.full((n[k],), -1, dtype=torch.long), torch.full((n[k],), float("nan"))
+            g = gj - start
+            q[g] = qi
+            if len(g) and k < len(seen): cost[g] = torch.as_tensor(seen[k])[qi, g].float()   # else NaN: no matrix kept
+            out.append({"query": q, "cost": cost}); start += n[k]
+        return out
+
+class _keep_costs:
+    "While open: each cost matrix the matcher hands `linear_sum_assignment` (its module's own name for it) is kept in `seen`"
+    def __init__(self, matcher, seen:list):
+        self.mod, self.seen = importlib.import_module(type(matcher).__module__), seen
+    def __enter__(self):
+        self.orig = self.mod.linear_sum_assignment
+        def keep(c, *a, **k):
+            self.seen.append(c.clone() if torch.is_tensor(c) else c.copy()); return self.orig(c, *a, **k)
+        self.mod.linear_sum_assignment = keep
+    def __exit__(self, *exc): self.mod.linear_sum_assignment = self.orig
+
 # %% ../../nbs/01j_det_rtdetr.ipynb #330bc1df
 @register
-class RTDETRDetector(_RTDETRHead, _RTDETRTraining, _RTDETRPrediction, Detector):
+class RTDETRDetector(_RTDETRHead, _RTDETRTraining, _RTDETRPrediction, _RTDETRQueries, Detector):
     "Adapter for ultralytics' RT-DETR (`RTDETRDetectionModel`): query-based, square resize, the encoder's class head as the map"
     family = "ultralytics-rtdetr"
     takes_targets = True

@@ -159,6 +159,7 @@ def _headline(s:dict)->dict:
     "The numbers a reader wants first"
     ev, cov, act = s.get("evaluation", {}), s.get("coverage", {}), s.get("activations", {})
     d = {"val AP (COCO)": ev.get("AP"), "val AP50": ev.get("AP50"), "anchor recall @ IoU 0.5": cov.get("recall@0.5"),
+            "GTs with a query location inside": cov.get("location_inside"),
             "with suggested anchors": s.get("suggested_anchors", {}).get("recall_after"), "training lr": s.get("training", {}).get("lr"),
             "image AUROC": s.get("image_level", {}).get("auroc"), "detection ECE": s.get("calibration", {}).get("ece"),
             "layers > 90% near zero": len(act.get("dead_layers(>90% near zero)", [])), "total time (s)": s["timings_s"]["total"]}

@@ -18,6 +18,7 @@ from ..models import train_detector
 from ..detectors import as_detector
 from ..anchors import coverage, suggest_anchors
 from ..assign import assignability_by_branch, branch_table
+from ..queries import query_coverage
 from ..lr_find import lr_find
 from ..activations import ActivationStats
 from ..metrics import evaluate, predict
@@ -94,6 +95,7 @@ def data_step(run:Run):
 def coverage_step(run:Run):
     "The model's own anchors against the training boxes: best-IoU recall per class, size and level"
     rep = run.report
+    if as_detector(run.model).query_based: return _query_section(run)   # DETR family: no anchors, a proposal grid
     rep.section("Anchor coverage", "Can the anchors the model generates match the boxes at all? For each ground-truth "
                 "box, the best IoU any anchor reaches: a box below the matcher's threshold gets no positive anchor (or "
                 "only a forced low-quality one) and the model is not trained to find it.")
@@ -163,6 +165,38 @@ def _suggest_anchors(run:Run):
     rep.code(sug.snippet)
     run.summary["suggested_anchors"] = {"iou": sug.iou, "recall_before": sug.recall_before, "recall_after": sug.recall_after,
                                         "shapes": [s.tolist() for s in sug.shapes]}
+
+# %% ../../nbs/08c_report_steps.ipynb #65ec1f55
+def _query_section(run:Run):
+    "DETR family: the encoder's proposal grid against the training GTs; with trained weights, its query selection and match"
+    rep = run.report
+    ck = bool(run.cfg.trained or getattr(as_detector(run.model).model, "weldiag_checkpoint", None))
+    qc = query_coverage(run.model, run.train, checkpoint=ck, max_images=16 if ck and run.cfg.fast else None, progress=False)
+    s = qc.to_summary()
+    rep.section("Query coverage", "Can a query start inside each box? This model is query-based (DETR family): it has no "
+                "anchors; its encoder scores every location of a proposal grid (one small anchor box per cell of each "
+                f"level: {', '.join(f'{n} stride {r.stride:g}' for n, r in qc.levels.iterrows())}), keeps the "
+                f"{qc.num_queries} best-scored locations as its queries, and Hungarian matching pairs each GT with one "
+                "query. A GT that holds no valid location can start no query of its own: it is found, if at all, by a "
+                "query from elsewhere. Computed with the model's own anchor generation"
+                + (", query selection and matcher." if ck else "; no trained weights, so the selection and the match are "
+                   "not asked (a random encoder's top-k says nothing)."))
+    rep.cards({"GTs with a location inside": qc.reachable()} | ({"selected": qc.share("selected")} if ck else {})
+              | {"mean best proposal IoU": s["mean_best_iou"], "queries": qc.num_queries,
+                 "max GTs per image": s["max_gts_per_image"], "GT boxes": len(qc.frame)})
+    rep.table(qc.summary("class"), "Per class: share of GTs in each status and the mean best IoU of a proposal anchor"
+              + (", the share matched to a query that started inside the box, the mean matching cost." if ck else "."))
+    rep.table(qc.summary("size"), "Per GT size (√(w·h), input px): a box narrower or lower than the finest stride may hold no location.")
+    rep.table(qc.level_summary(), "Per level of the proposal grid: stride, locations, anchor size (input px), GTs with a "
+              "location inside, GTs whose best proposal is there" + (", queries selected from there." if ck else "."))
+    rep.figure(qc.plot(), "query_coverage", "Status shares per class and size, GT shapes against the grid's strides and "
+               "anchor sizes, best proposal IoU per level.")
+    g = qc.plot_gallery(n=8)
+    if g is not None: rep.figure(g, "query_gallery", "The smallest GTs that hold no location (or none the model selects), "
+                                 "on their images, with the valid location centres of each level around them.", photo=True)
+    run.summary["coverage"] = {k: s[k] for k in ("location_inside", "mean_best_iou", "num_queries", "num_denoising",
+                                                 "max_gts_per_image", "images_over_queries", "checkpoint")} \
+                              | {"query_based": True, "gt_boxes": len(qc.frame)} | ({"selected": s["selected"]} if ck else {})
 
 # %% ../../nbs/08c_report_steps.ipynb #83403bb0
 LR_RANGE = (1e-3, 5e-3)   # the demo trains with the lr-finder's valley clipped to this range (AdamW, small detectors, few steps)
