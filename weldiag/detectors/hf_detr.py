@@ -91,9 +91,9 @@ class _HFGeometry:
         for i, g in enumerate(geoms): mask[i, :g.resized_hw[0], :g.resized_hw[1]] = 1
         return self.model(pixel_values=x, pixel_mask=mask)
 
-# %% ../../nbs/01k_det_hf_detr.ipynb #362b1b09
-class _HFHead:
-    "Levels (the decoder's input projections), the encoder's per-location class head, parts and roles"
+# %% ../../nbs/01k_det_hf_detr.ipynb #fbb65da4
+class _HFLevels:
+    "Levels (the decoder's input projections) and the encoder's per-location class head as a `HeadSpec`"
     def feature_layers(self)->list:
         "The modules whose outputs are the levels the encoder / decoder attend to (their input projections)"
         proj = self.model.model.decoder_input_proj if self.kind == "rtdetr" else self.model.model.input_proj
@@ -149,6 +149,10 @@ class _HFHead:
         "`spec` with the level shapes and strides of a batch tensor of `input_hw` (Deformable DETR's size follows the images)"
         if self._spec is not None or self.encoder_head is None: return spec
         return self._spec_at(input_hw, spec.classes)
+
+# %% ../../nbs/01k_det_hf_detr.ipynb #4d580d46
+class _HFParts:
+    "Named parts and roles: backbone stages, encoder, levels, decoder layers and their class / box heads"
     def parts(self)->dict:
         "Levels, the encoder's class / box heads (if any), each decoder layer's class / box heads"
         out = {f"feat.{self.level_name(i)}": l for i, l in enumerate(self.feature_layers())}
@@ -237,20 +241,9 @@ class _HFTraining:
         res = self.postprocess(out, self.target_sizes(images, geoms))
         return [{"boxes": r["boxes"], "scores": r["scores"], "labels": r["labels"].long()} for r in res]
 
-# %% ../../nbs/01k_det_hf_detr.ipynb #6595d614
-@contextmanager
-def _recording_assignment(matcher):
-    "While inside: the cost matrices the matcher hands to `linear_sum_assignment` (its module's own name), appended to a list"
-    mod, costs = sys.modules[type(matcher).__module__], []
-    orig = mod.linear_sum_assignment
-    def record(c):
-        costs.append(torch.as_tensor(c).clone()); return orig(c)
-    mod.linear_sum_assignment = record
-    try: yield costs
-    finally: mod.linear_sum_assignment = orig
-
-class _HFQueries:
-    "The encoder's proposal grid, the top-k the model picks from it, its Hungarian matcher on the final decoder layer"
+# %% ../../nbs/01k_det_hf_detr.ipynb #6078fc42
+class _HFProposals:
+    "The encoder's proposal grid, as the model generates it"
     def _single_stage(self, what:str):
         if self.kind == "deformable" and not self.config.two_stage:
             raise ValueError(f"{self.name}: {what}: a single-stage Deformable DETR (two_stage=False) has no encoder proposals; "
@@ -291,6 +284,21 @@ class _HFQueries:
             c = torch.stack([(gx + 0.5) / max(nw, 1), (gy + 0.5) / max(nh, 1)], -1).reshape(-1, 2)
             out.append(torch.cat([c, torch.full_like(c, 0.05 * 2.0 ** l)], 1))
         return torch.cat(out)
+
+# %% ../../nbs/01k_det_hf_detr.ipynb #c46f405a
+@contextmanager
+def _recording_assignment(matcher):
+    "While inside: the cost matrices the matcher hands to `linear_sum_assignment` (its module's own name), appended to a list"
+    mod, costs = sys.modules[type(matcher).__module__], []
+    orig = mod.linear_sum_assignment
+    def record(c):
+        costs.append(torch.as_tensor(c).clone()); return orig(c)
+    mod.linear_sum_assignment = record
+    try: yield costs
+    finally: mod.linear_sum_assignment = orig
+
+class _HFSelection:
+    "The top-k the model picks from its proposal grid, its Hungarian matcher on the final decoder layer"
     def query_selection(self, images:list)->list:
         """Per image {'scores': (A,) the encoder score the model ranks by (RT-DETR / D-FINE: max over classes; Deformable
         two-stage: class 0's logit), 'selected': (Q,) the top-k it takes} (eval, no gradients)"""
@@ -330,7 +338,7 @@ class _HFQueries:
 
 # %% ../../nbs/01k_det_hf_detr.ipynb #6ab0b104
 @register
-class HFDetrDetector(_HFGeometry, _HFHead, _HFTraining, _HFQueries, Detector):
+class HFDetrDetector(_HFGeometry, _HFLevels, _HFParts, _HFTraining, _HFProposals, _HFSelection, Detector):
     "Adapter for transformers' RT-DETR v2, D-FINE and Deformable DETR (`*ForObjectDetection`): query-based, the processor's geometry"
     query_based = True
     priority = 18
