@@ -15,6 +15,7 @@ from weldiag.detectors.hf_detr import small_hf_detr, IMAGENET_STD
 from weldiag.load import load_detector
 from weldiag.probmaps import class_prob_maps
 from weldiag.lr_find import lr_find, training_state, same_state
+from weldiag.activations import ActivationStats
 from test_cli_demo import weldiag, ROOT
 
 TYPES = ("rt_detr_v2", "d_fine", "deformable_detr")
@@ -192,6 +193,30 @@ def test_query_matches_are_the_models_matcher(det, batch):
     for r, (qi, gi), cost, t in zip(m, idx, _cost(det, out, labels), tgs):
         assert len(r["query"]) == len(t["boxes"]) and torch.equal(r["query"][gi], qi)
         assert torch.allclose(r["cost"], cost[r["query"], torch.arange(len(r["query"]))], atol=1e-4)
+
+
+def test_roles_name_the_activation_streams(det, batch):
+    ims, tgs = batch
+    roles = det.roles()
+    with ActivationStats(det.model, modules=list(roles), names=roles) as st:
+        sum(det.loss(ims, tgs).values()).backward()
+    det.model.zero_grad(); det.model.eval()
+    layers = set(st.layers())
+    assert {"backbone.stage0", "encoder.cls", "encoder.level.P3", "decoder.layer1", "decoder.cls.1", "decoder.box.0"} <= layers, sorted(layers)
+
+
+def test_anchor_image_size_fixes_the_input():
+    "A model built with anchor_image_size keeps its anchors for that size in eval mode: the adapter takes it, refuses another"
+    cfg = small_hf_detr("rt_detr_v2").config
+    cfg.anchor_image_size = [320, 320]
+    m = transformers.RTDetrV2ForObjectDetection(cfg).eval()          # keeps `anchors`, `valid_mask` for 320 × 320
+    d = as_detector(m)
+    boxes, _, valid = d.query_anchors((100, 700))
+    assert d.image_size == 320 and torch.equal(valid, m.model.valid_mask[0, :, 0].bool())
+    c = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1) / 320
+    assert torch.allclose(torch.logit(c[valid]), m.model.anchors[0][valid], atol=2e-4)
+    assert len(d.predict([torch.rand(3, 100, 700)])) == 1
+    with pytest.raises(ValueError, match="anchor_image_size"): as_detector(m, image_size=640)
 
 
 def test_single_stage_deformable_has_no_proposals(batch):

@@ -119,8 +119,9 @@ class _HFLevels:
     def level_name(self, i:int)->str: return f"P{int(round(math.log2(self.strides[i])))}"
     @property
     def strides(self)->list:
-        "Nominal stride of each level: the backbone's, then each extra level twice the last"
-        st = list(self.config.feat_strides) if self.kind == "rtdetr" else [8, 16, 32][-len(self.model.model.backbone.intermediate_channel_sizes):]
+        "Nominal stride of each level: RT-DETR's `feat_strides` (then twice the last per extra level), else measured at 256 px"
+        if self.kind != "rtdetr": return [256 / h for h, _ in self.level_shapes((256, 256))]
+        st = list(self.config.feat_strides)
         while len(st) < len(self.feature_layers()): st.append(st[-1] * 2)
         return [float(s) for s in st]
     @property
