@@ -96,6 +96,29 @@ def _load_ultralytics(arch:str, weights, num_classes:int, score_thresh:float, im
     if image_size is not None: model.weldiag_image_size = int(image_size)
     return model.eval()
 
+# %% ../nbs/01i_load.ipynb #0e386d6c
+def _load_transformers(path:str, weights, num_classes:int, score_thresh:float, image_size:int=None)->nn.Module:
+    "A transformers detector from a `save_pretrained` directory: local files only, safetensors only (no pickle)"
+    p = Path(path)
+    if weights is not None: raise ValueError(f"--weights: a transformers model is its directory: give it as --model {path}")
+    if not (p / "config.json").is_file():
+        raise ValueError(f"--model {path}: a directory without config.json, not a transformers model saved with save_pretrained")
+    try:
+        from transformers import AutoModelForObjectDetection
+        model = AutoModelForObjectDetection.from_pretrained(str(p), use_safetensors=True, local_files_only=True)
+    except ImportError as e: raise ValueError(f"--model {path}: reading a transformers directory needs transformers ({e})") from None
+    except (OSError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"--model {path}: not a transformers object detector saved with save_pretrained "
+                         f"(safetensors weights, local files): {first[:200]}") from None
+    if not as_detector(model).family.startswith("transformers-"):
+        raise ValueError(f"--model {path}: {type(model).__name__} is not a detector weldiag reads (RT-DETR v2, D-FINE, Deformable DETR)")
+    if num_classes is not None and as_detector(model).num_classes != num_classes:
+        raise ValueError(f"--model {path}: the model has {as_detector(model).num_classes} classes, not {num_classes}")
+    if score_thresh is not None: model.weldiag_score_thresh = float(score_thresh)
+    if image_size is not None: model.weldiag_image_size = int(image_size)
+    return model.eval()
+
 # %% ../nbs/01i_load.ipynb #80b11bf9
 def load_detector(
     arch:str,                # torchvision builder name (`detector_builders()`), e.g. "fasterrcnn_mobilenet_v3_large_fpn"
@@ -104,16 +127,18 @@ def load_detector(
     min_size:int=None,       # the transform's short side, as the model was trained (None: the builder's default)
     max_size:int=None,       # the transform's long-side cap
     score_thresh:float=None, # lowest score the postprocess keeps (None: the builder's, 0.05 for most)
-    image_size:int=None,     # ultralytics only: the square letterbox side (imgsz) it is diagnosed at
+    image_size:int=None,     # ultralytics: the square letterbox side (imgsz); transformers: the processor's size (RT-DETR side, DETR shortest edge)
     trust:bool=False,        # ultralytics checkpoint: unpickle it fully (False: weights-only, its module classes allowed)
     **builder_kwargs,        # anything else the builder takes (box_score_thresh, anchor_generator, ...)
 )->nn.Module:                # the model in eval mode, on the CPU
-    "Rebuild a torchvision detector and load a trained state_dict (or an ultralytics yaml / checkpoint), one-line errors"
+    "Rebuild a torchvision detector and load a trained state_dict (or an ultralytics yaml / checkpoint, or a transformers directory), one-line errors"
     names = detector_builders()
     if arch not in names and str(arch).lower().endswith(ULTRALYTICS_SUFFIXES):
         return _load_ultralytics(str(arch), weights, num_classes, score_thresh, image_size, trust)
+    if arch not in names and Path(arch).is_dir():   # a transformers `save_pretrained` directory
+        return _load_transformers(str(arch), weights, num_classes, score_thresh, image_size)
     if arch not in names: raise ValueError(f"--model {arch!r}: unknown detector; choices: {', '.join(names)}, "
-                                           "or an ultralytics model yaml (yolov8n.yaml) or checkpoint (best.pt)")
+                                           "an ultralytics model yaml (yolov8n.yaml) or checkpoint (best.pt), or a transformers save_pretrained directory")
     kw = dict(builder_kwargs)
     if min_size is not None: kw["min_size"] = int(min_size)
     if max_size is not None: kw["max_size"] = int(max_size)

@@ -183,7 +183,7 @@ def run_hooked(det, images:list, names:list)->tuple:
             elif det.letterboxes:   # YOLO: the adapter letterboxes as the model's own pipeline does
                 x, geoms = det.letterbox(images)
                 letterboxed = Letterboxed(x, [g.resized_hw for g in geoms], [g.scale for g in geoms], [g.offset for g in geoms])
-                res = model(x)
+                res = det.forward_letterboxed(x, geoms)
             else:
                 if len({tuple(im.shape) for im in images}) > 1:
                     raise ValueError(f"images: {type(model).__name__} takes a batch tensor; images differ in size "
@@ -428,12 +428,13 @@ def class_prob_maps(
     "Per image and feature level, the class probabilities every head location predicts, aligned with the original image"
     det, images, shown = _unwrap_fastai(model, images)
     model = det.model
-    spec = spec or det.head_spec(classes)
+    given, spec = spec is not None, spec or det.head_spec(classes)
     images = _check_images(images, det)
     named = lambda pats: {n for p in ([pats] if isinstance(pats, str) else pats) for n, _ in select_modules(model, p)}
     cls_names = named(spec.modules)
     extra = [spec.centerness, spec.image_score, spec.anchor_module]
     calls, image_list, _ = run_hooked(det, images, [*spec.modules, *[e for e in extra if e]])
+    if image_list is not None and not given: spec = det.head_spec_for_input(spec, tuple(image_list.tensors.shape[-2:]))  # the batch's levels
     raws = _level_outputs(calls, cls_names, spec)
     L, shapes, A, probs = len(raws), [], [], []
     for l, (n, raw) in enumerate(raws):

@@ -14,4 +14,5 @@ from .fastai_ssd import FastaiSSDDetector, is_fastai_outconv
 from .ultralytics import (UltralyticsDetector, ULTRALYTICS_SUFFIXES, is_anchor_free_detect, is_ultralytics,
                                            ultralytics_import, load_ultralytics_model)
 from .rtdetr import RTDETRDetector, is_rtdetr_decoder
+from .hf_detr import HFDetrDetector, is_hf_detr
 from ..spec import InputGeometry, letterbox_geometry   # today's import paths

@@ -34,6 +34,12 @@ class _Geometry:
     def letterbox(self, images:list)->tuple:
         "(N, C, S, S) letterboxed batch and the `InputGeometry` of each image (families with `letterboxes`)"
         raise ValueError(f"{self.name}: this model does not take a letterboxed input (letterboxes=False)")
+    def input_description(self)->str:
+        "How the family places images, for reports (None: the report says it from `transform` / `letterboxes`)"
+        return None
+    def forward_letterboxed(self, x:Tensor, geoms:list):
+        "The model's forward on a `letterbox` batch (families whose batch also needs a padding mask override it)"
+        return self.model(x)
 
 # %% ../../nbs/01d_det_base.ipynb #1e4ffd3e
 class _Anchors:
@@ -90,6 +96,9 @@ class _Head:
             if len(classes) != spec.num_classes:
                 raise ValueError(f"head_spec: {len(classes)} class names but the {spec.name} head has K={spec.num_classes}")
             spec.classes = list(classes)
+        return spec
+    def head_spec_for_input(self, spec:HeadSpec, input_hw)->HeadSpec:
+        "`spec` for a batch tensor of `input_hw` (families whose level shapes follow the padded batch override it)"
         return spec
     @property
     def num_classes(self)->int:

@@ -67,7 +67,8 @@ def report_command(
 )->int:
     "CLI `weldiag report [--data PATH] [--model ARCH --weights CKPT]`: the demo's report for your own data and model"
     ultra = str(model).lower().endswith(ULTRALYTICS_SUFFIXES)   # an ultralytics yaml / checkpoint is the model itself
-    if weights is None and not ultra:
+    hf = Path(str(model)).is_dir()                               # so is a transformers save_pretrained directory
+    if weights is None and not (ultra or hf):
         if any(v is not None for v in (num_classes, min_size, max_size, score_thresh)):
             raise ValueError("--num-classes / --min-size / --max-size / --score-thresh describe a trained model: give --weights too")
         return _command(data, out, device, epochs, image_size, model, fast, split, strict, recall=recall)
@@ -76,7 +77,7 @@ def report_command(
     t = time.perf_counter()
     if ultra and num_classes is None and str(model).lower().endswith((".yaml", ".yml")):
         num_classes = len(load_splits(data, 0, split, strict)[0].classes)  # a bare architecture: the data's classes
-    net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh, image_size=image_size if ultra else None,
+    net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh, image_size=image_size if ultra or hf else None,
                        trust=trust)
     d = dict(epochs=epochs or 0)
     if fast: d.update(lr_iters=8, max_steps=6, n_maps=1)

@@ -47,8 +47,8 @@ def _header(rep:HTMLReport, run:Run, how:str):
         det = as_detector(run.model)
         t = det.transform
         size = (f"resized by the model itself (min_size {t.min_size[-1]}, max_size {t.max_size})" if t is not None and
-                t.fixed_size is None else f"letterboxed to {det.image_size}×{det.image_size} as ultralytics does"
-                if det.letterboxes else "resized by the model itself")
+                t.fixed_size is None else det.input_description() or (f"letterboxed to {det.image_size}×{det.image_size} "
+                "as ultralytics does" if det.letterboxes else "resized by the model itself"))
         train = (f"fine-tuned on a copy for {c.epochs} epoch(s)" + (f" capped at {c.max_steps} steps" if c.max_steps else "")
                  if c.epochs else "diagnosed as it is: nothing is trained (lr-finder and activation statistics need --epochs)")
         rep.section("Run", f"Model **{c.model}**: {run.given}, {n_par}, on **{run.device}**; images {size}; {train}. "
