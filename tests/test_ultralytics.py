@@ -178,3 +178,37 @@ def test_predict_maps_boxes_back_and_evaluates(trained):
         b = torch.cat([xy, xy + torch.rand(20, 2, generator=g) * 40], 1)
         ref = scale_boxes((160, 160), b.clone(), (H, W))
         assert torch.allclose(det.to_image(b, (H, W)), ref, atol=1e-4)
+
+
+def test_lr_find_takes_ultralytics_own_loader_and_names_frozen_parameters(tmp_path):
+    "`trainer.train_loader`-style dict batches (uint8 img) go through the adapter's `native_loss`; a model frozen by its own `.val()` is named"
+    import shutil
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from weldiag.data import sample_path
+    root = tmp_path / "weld"; shutil.copytree(sample_path(), root)               # ultralytics writes its label cache beside the labels
+    torch.manual_seed(0); m = DetectionModel("yolov8n.yaml", nc=4, verbose=False)
+    tr = DetectionTrainer(overrides=dict(model="yolov8n.yaml", data=str(root), imgsz=160, batch=4, workers=0, device="cpu",
+                                         plots=False, verbose=False, project=str(tmp_path / "runs")))
+    tr.model = m
+    dl = tr.get_dataloader(tr.data["train"], batch_size=4, rank=-1, mode="train")
+    b = next(iter(dl))
+    assert b["img"].dtype == torch.uint8                                          # as ultralytics' trainer hands them over
+    det = as_detector(m, image_size=160)
+    terms = det.native_loss(b)
+    total, _ = m.loss({**b, "img": b["img"].float() / 255})                       # ultralytics' preprocess_batch, then its loss
+    assert torch.allclose(torch.stack(list(terms.values())), total.reshape(-1), rtol=1e-5) and list(terms) == list(det.loss_names)
+    before = training_state(m)
+    r = lr_find(det, dl, num_it=4, show_progress=False)
+    assert len(r.lrs) == 4 and same_state(before, training_state(m))
+    m.requires_grad_(False)
+    with pytest.raises(ValueError, match="none of the .* parameters of DetectionModel requires grad"): lr_find(det, dl, num_it=2, show_progress=False)
+
+
+def test_diagnose_keeps_the_adapters_settings(tmp_path):
+    "`diagnose(model=as_detector(yolo, image_size=160))`: every step sees imgsz 160 (not the model's 640), and the pin is removed after"
+    from weldiag.report import diagnose, DemoConfig
+    torch.manual_seed(0); m = DetectionModel("yolov8n.yaml", nc=4, verbose=False)
+    s = diagnose(tmp_path / "r", model=as_detector(m, image_size=160), cfg=DemoConfig(model="yolov8n", epochs=0, fast=True),
+                 device="cpu", verbose=False)
+    assert s["coverage"]["imgsz"] == 160, s["coverage"]
+    assert "weldiag_adapter" not in m.__dict__ and as_detector(m).image_size == 640

@@ -5,6 +5,7 @@
 # %% ../nbs/05_lr_find.ipynb #b3b13265
 from __future__ import annotations
 import contextlib, copy, math, random, shutil, tempfile, warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -59,6 +60,7 @@ def _loss_source(model:nn.Module, loss_fn:Callable|None, step_fn:Callable|None, 
     det = det or as_detector(model)
     if det.takes_targets:      # a detector family weldiag knows: its own training call, dataset labels shifted inside
         def d(b):
+            if isinstance(b, Mapping): return det.native_loss(b)   # the family's own batch (ultralytics' trainer dicts)
             x, y = _split_pair(b, "a detector")
             return det.loss(x, y)
         return d, f"{det.name}(images, targets)"
@@ -530,7 +532,12 @@ def _make_opt(opt, model:nn.Module):
     if opt is None: opt = torch.optim.Adam
     if not isinstance(opt, type) and (hasattr(opt, "param_groups") or _is_fastai_opt(opt)): return opt, True
     if not callable(opt): raise ValueError(f"opt={opt!r}: expected an optimizer or a factory params -> optimizer")
-    return opt([p for p in model.parameters() if p.requires_grad]), False
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        n = sum(1 for _ in model.parameters())
+        raise ValueError(f"lr_find: none of the {n} parameters of {type(model).__name__} requires grad (ultralytics' own "
+                         "`.val()` / `.predict()` freeze them all): call `model.requires_grad_(True)` first, or pass a fresh copy")
+    return opt(params), False
 
 def _amp_settings(amp, device:torch.device, scaler)->tuple:
     "(autocast kwargs or None, GradScaler or None, scaler is the caller's)"

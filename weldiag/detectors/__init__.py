@@ -6,7 +6,7 @@
 __all__ = []
 
 # %% ../../nbs/01c_detectors.ipynb #bccdf8f5
-from .base import (Detector, FAMILIES, register, as_detector, unwrap, learner_of, module_at,
+from .base import (Detector, FAMILIES, register, as_detector, unwrap, learner_of, module_at, pin, unpin,
                                     detector_parts, label_offset)
 from .torchvision import TorchvisionDetector, transform_geometry, anchors_from_generator
 from .yolov5 import YoloV5Detector, is_yolo_detect

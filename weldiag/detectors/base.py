@@ -12,8 +12,8 @@ from torch import nn, Tensor
 from ..spec import InputGeometry, HeadSpec, LAYOUTS, hw_pair
 
 # %% auto #0
-__all__ = ['FAMILIES', 'Detector', 'register', 'module_at', 'learner_of', 'unwrap', 'as_detector', 'detector_parts',
-           'label_offset']
+__all__ = ['FAMILIES', 'PIN', 'Detector', 'register', 'module_at', 'learner_of', 'unwrap', 'as_detector', 'pin', 'unpin',
+           'detector_parts', 'label_offset']
 
 # %% ../../nbs/01d_det_base.ipynb #da2de038
 class _Geometry:
@@ -134,6 +134,10 @@ class _Training:
         "The training call: a dict of scalar losses for `images` and `targets` in dataset labels (model in train mode)"
         raise ValueError(f"{self.name}: weldiag does not know how this model computes its loss; "
                          "pass step_fn=lambda model, batch: ... returning a loss or a loss dict")
+    def native_loss(self, batch)->dict:
+        "The loss on a batch in the family's own trainer format (ultralytics' batch dicts), as `loss` names its terms"
+        raise ValueError(f"{self.name}: weldiag takes (images, targets) batches for this model, not {type(batch).__name__}; "
+                         "pass step_fn=lambda model, batch: ... for your own batch format")
     def predict(self, images:list)->list:
         "Per image {'boxes' xyxy original pixels, 'scores', 'labels' 0..K-1}, without gradients, training mode restored"
         raise ValueError(f"{self.name}: weldiag does not know this model's postprocess; "
@@ -235,11 +239,26 @@ def as_detector(
     if isinstance(model, Detector): return model   # already an adapter
     model = unwrap(model)
     if not isinstance(model, nn.Module): raise ValueError(f"as_detector: expected a torch nn.Module, got {type(model).__name__}")
+    pinned = model.__dict__.get(PIN)
+    if isinstance(pinned, Detector) and pinned.model is model and spec is anchors is label_offset is image_size is None:
+        return pinned                              # the adapter `pin` left on the module, with the user's settings
     kw = dict(spec=spec, anchors=anchors, label_offset=label_offset)
     for fam in FAMILIES:   # the families registered in `weldiag.detectors`, in order of priority
         det = fam.recognise(model, image_size, **kw)
         if det is not None: return det
     return Detector(model, **kw)
+
+PIN = "weldiag_adapter"   # the module attribute `pin` sets
+
+def pin(det:Detector)->nn.Module:
+    """Leave adapter `det` on its module, so that later `as_detector(det.model)` calls (in steps that only get the
+    module) return it with the settings it was made with (image size, spec, anchors, label offset); `unpin` removes it"""
+    object.__setattr__(det.model, PIN, det)    # a plain attribute: not a submodule, not in the state_dict
+    return det.model
+
+def unpin(model:nn.Module):
+    "Remove what `pin` left on `model`"
+    model.__dict__.pop(PIN, None)
 
 def detector_parts(
     model:nn.Module,          # a torchvision RetinaNet, FCOS, SSD, SSDlite, Faster/Mask/Keypoint R-CNN (or alike)

@@ -12,7 +12,7 @@ from torch import nn, Tensor
 from ..spec import InputGeometry, HeadSpec, hw_pair
 from ..hooks import Hooks
 from .base import Detector, register, module_at
-from .ultralytics import is_ultralytics, ultralytics_criterion, ultralytics_names, ultralytics_image_size, ultralytics_import
+from .ultralytics import is_ultralytics, ultralytics_criterion, ultralytics_names, ultralytics_image_size, ultralytics_batch, ultralytics_import
 
 # %% auto #0
 __all__ = ['is_rtdetr_decoder', 'RTDETRDetector']
@@ -87,8 +87,12 @@ class _RTDETRTraining:
         return {"img": x, "batch_idx": torch.cat(idx), "cls": torch.cat(cls).reshape(-1, 1), "bboxes": torch.cat(xywh).reshape(-1, 4)}
     def loss(self, images:list, targets:list)->dict:
         "Every term of the model's criterion on this batch (`loss_class`, `loss_bbox`, `loss_giou`, per decoder layer, denoising)"
+        return self._batch_loss(self.batch(images, targets))
+    def native_loss(self, batch:dict)->dict:
+        "The same on ultralytics' own batch dict (a `trainer.train_loader` batch): `img` uint8 0-255 scaled as its trainer does"
+        return self._batch_loss(ultralytics_batch(self.model, batch))
+    def _batch_loss(self, b:dict)->dict:
         self.model.train(); crit = self.criterion()
-        b = self.batch(images, targets)
         terms = {}
         orig = crit.forward
         def keep(*a, **k):                                # the criterion's own dict, before `loss` sums it

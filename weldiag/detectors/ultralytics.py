@@ -15,8 +15,8 @@ from .base import Detector, register, module_at
 
 # %% auto #0
 __all__ = ['ULTRALYTICS_SUFFIXES', 'ULTRALYTICS_NN', 'is_anchor_free_detect', 'is_ultralytics', 'ultralytics_import',
-           'ultralytics_names', 'ultralytics_image_size', 'ultralytics_criterion', 'UltralyticsDetector',
-           'load_ultralytics_model', 'checkpoint_model']
+           'ultralytics_names', 'ultralytics_image_size', 'ultralytics_criterion', 'ultralytics_batch',
+           'UltralyticsDetector', 'load_ultralytics_model', 'checkpoint_model']
 
 # %% ../../nbs/01h_det_ultralytics.ipynb #1cd175ce
 def is_anchor_free_detect(m:nn.Module)->bool:
@@ -54,6 +54,16 @@ def ultralytics_criterion(model:nn.Module, nc:int):
     if not hasattr(model, "nc"): model.nc = nc
     if getattr(model, "criterion", None) is None: model.criterion = model.init_criterion()
     return model.criterion
+
+def ultralytics_batch(model:nn.Module, batch:dict)->dict:
+    "ultralytics' own batch dict (a `trainer.train_loader` batch) on the model's device, `img` scaled to 0-1 as its trainer's `preprocess_batch` does"
+    missing = {"img", "batch_idx", "cls", "bboxes"} - set(batch)
+    if missing: raise ValueError(f"{type(model).__name__}: an ultralytics batch dict needs keys img, batch_idx, cls, bboxes; missing {sorted(missing)}")
+    dev = next(model.parameters()).device
+    b = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if not b["img"].is_floating_point(): b["img"] = b["img"].float() / 255
+    return b
+
 
 # %% ../../nbs/01h_det_ultralytics.ipynb #c9875129
 class _UltralyticsHead:
@@ -139,8 +149,12 @@ class _UltralyticsTraining:
         return {"img": x, "batch_idx": torch.cat(idx), "cls": torch.cat(cls).reshape(-1, 1), "bboxes": torch.cat(xywh).reshape(-1, 4)}
     def loss(self, images:list, targets:list)->dict:
         "`model.loss(batch)` on the letterboxed batch, one term per criterion name (both branches weighted as `E2ELoss` does)"
+        return self._batch_loss(self.batch(images, targets))
+    def native_loss(self, batch:dict)->dict:
+        "The same on ultralytics' own batch dict (a `trainer.train_loader` batch): `img` uint8 0-255 scaled as its trainer does"
+        return self._batch_loss(ultralytics_batch(self.model, batch))
+    def _batch_loss(self, b:dict)->dict:
         self.model.train(); self.criterion()
-        b = self.batch(images, targets)
         total, items = self.model.loss(b, self.model(b["img"]))   # the forward through __call__, so hooks see a step
         names = self.loss_names
         if total.numel() == len(names): return dict(zip(names, total.unbind()))

@@ -6,12 +6,13 @@
 from __future__ import annotations
 import torch
 
+from ..data import DetectionDataset, DetectionTorchDataset, detection_collate
 from ..detectors import as_detector
 from ..progress import progress_bars
 
 
 # %% auto #0
-__all__ = ['predict']
+__all__ = ['as_loader', 'predict']
 
 # %% ../../nbs/06h_eval_predict.ipynb #7c42447c
 def _records_in_order(dl)->list:
@@ -29,9 +30,24 @@ def _target_offset(dl, label_offset)->int:
     off = getattr(getattr(dl, "dataset", None), "label_offset", None)
     return int(off) if off is not None else 0
 
+def as_loader(data, batch_size:int=4):
+    """What `predict` iterates: a `DetectionDataset` or a torch `Dataset` of (image, target) items becomes an in-order
+    DataLoader at the images' original size (each adapter then places the images as its model does: torchvision's
+    transform, the YOLO letterbox, the DETR resize); anything else (a DataLoader, a list of batches) is taken as is"""
+    if isinstance(data, DetectionDataset): data = DetectionTorchDataset(data)
+    if isinstance(data, torch.utils.data.Dataset):
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=detection_collate)
+    return data
+
+def _batch(b, k:int)->tuple:
+    "(images, targets) of batch `k`, or one line saying what `predict` wants"
+    if isinstance(b, (tuple, list)) and len(b) == 2: return b
+    raise ValueError(f"predict: batch {k} is a {type(b).__name__}, not (list of images, list of targets); pass a DataLoader "
+                     "with `collate_fn=detection_collate`, a DetectionTorchDataset or a DetectionDataset")
+
 def predict(
     model:torch.nn.Module,   # a detector its adapter can run (`weldiag.detectors`): torchvision, or any `Detector`
-    dl,                      # iterable of (list of CHW images, list of targets), e.g. a DataLoader over DetectionTorchDataset
+    dl,                      # a DataLoader of (images, targets) batches, a DetectionTorchDataset or a DetectionDataset
     label_offset:int=None,   # subtracted from the *targets'* labels; None: dl.dataset.label_offset, else 0
     device=None,             # default: the model's device
     score_thr:float=0.0,     # drop detections below this score (the model's own box_score_thresh applies first)
@@ -40,10 +56,12 @@ def predict(
     "Run a detector over `dl` without gradients and return predictions and targets ready for `evaluate`"
     progress_bar = progress_bars()[1]   # fastprogress's where output redraws; nothing per batch in a file / CI log
     det = as_detector(model)   # the model's own postprocess, predictions in dataset labels 0..K-1
+    dl = as_loader(dl)
     off, recs = _target_offset(dl, label_offset), _records_in_order(dl)
     dev = torch.device(device) if device is not None else next(det.model.parameters()).device
     preds, targets = [], []
-    for images, tgts in (progress_bar(dl) if progress else dl):
+    for k, batch in enumerate(progress_bar(dl) if progress else dl):
+        images, tgts = _batch(batch, k)
         for im, o, t in zip(images, det.predict([im.to(dev) for im in images]), tgts):
             keep, i = o["scores"] >= score_thr, len(preds)
             b = o["boxes"][keep]

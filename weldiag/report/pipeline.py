@@ -14,7 +14,7 @@ import torch
 import matplotlib.pyplot as plt
 
 from ..models import small_detector, sample_detector, sample_detector_info
-from ..detectors import as_detector
+from ..detectors import as_detector, Detector, pin, unpin
 from .html import HTMLReport, cards_html, fmt_cell
 from .config import DemoConfig, resolve_device, load_splits
 from .checkpoint import checkpoint_step
@@ -74,14 +74,17 @@ def _header(rep:HTMLReport, run:Run, how:str):
 
 # %% ../../nbs/08d_report_pipeline.ipynb #9cc08101
 def _own_model(model, classes:list, dev, epochs:int):
-    "The user's model on `dev` (a copy when it will be fine-tuned), checked against the dataset's classes"
+    """The user's model on `dev` (a copy when it will be fine-tuned), checked against the dataset's classes. An adapter
+    given (`as_detector(yolo, image_size=320)`) is pinned to its module, so every step sees its settings"""
     det = as_detector(model)
     if not det.takes_targets and epochs: raise ValueError(f"{det.name}: weldiag cannot train this model; use epochs=0")
     K = det.num_classes
     if K != len(classes):
         raise ValueError(f"the model predicts {K} classes but the dataset has {len(classes)} ({', '.join(classes)}); "
                          f"load the weights with the dataset's class count")
-    return (copy.deepcopy(det.model) if epochs else det.model).to(dev)
+    if epochs: det = copy.deepcopy(det)             # the adapter with its module: its references stay consistent
+    if isinstance(model, Detector): pin(det)
+    return det.model.to(dev)
 
 def _run_step(run:Run, label:str, step, strict:bool):
     """Run one step. Any exception becomes an "unavailable" note with its reason and the rest of the report goes on
@@ -145,6 +148,7 @@ def diagnose(
             if verbose: print(f"      {label}: {timings[label]:.1f} s", flush=True)
     finally:
         if given and cfg.epochs == 0: model.to(home)   # the user's own object goes back where it was
+        if given: unpin(model)
     run.summary["timings_s"] = timings | {"total": round(time.perf_counter() - t_all, 1)}
     rep.sections[0].blocks[1:1] = [cards_html(_headline(run.summary))]   # the results first, under the run description
     rep.sections[0].blocks.append("<h3>Time per step (s)</h3>" + _timing_table(run.summary["timings_s"]))
