@@ -40,10 +40,9 @@ def candidates(
     G = len(gt)
     if not G: return {k: torch.zeros(0, len(points), dtype=torch.bool) for k in ("cand", "inside", "shared", "in_range")}
     cand, reach = det.candidate_mask(points, gt), det.box_reach   # DFL: a side at most `reg_max - 1 - 0.01` strides away
-    eps = 1e-9   # the assigner's own strictness
     x, y = points[:, 0], points[:, 1]
     d = torch.stack([x - gt[:, 0, None], y - gt[:, 1, None], gt[:, 2, None] - x, gt[:, 3, None] - y], -1)   # (G, A, 4)
-    inside = (d > eps).all(-1)
+    inside = (d >= 0).all(-1)    # on the real box's edge: a distance of 0 is a valid regression target (bbox2dist clamps below 0)
     shared = cand & (cand.sum(0, keepdim=True) > 1)
     # no DFL (`reg_max == 1`, YOLO26): the distances are regressed directly, no range bounds them
     in_range = (d / stride[None, :, None]).amax(-1) <= reach if reach is not None else torch.ones_like(cand)
