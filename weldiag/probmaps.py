@@ -216,7 +216,8 @@ def _level_outputs(calls:list, names:set, spec:HeadSpec)->list:
         if n not in names: continue
         if spec.select is not None: got = spec.select(out); got = [got] if torch.is_tensor(got) else list(got)
         else: got = [t for _, t in walk_outputs(out) if t.ndim == ndim]
-        if not got: raise ValueError(f"{n}: output has no {ndim}-D tensor for layout {spec.layout!r}; give HeadSpec.select")
+        if not got and spec.select is None:   # a `select` that returns [] says this call holds no level (a head run twice)
+            raise ValueError(f"{n}: output has no {ndim}-D tensor for layout {spec.layout!r}; give HeadSpec.select")
         raws += [(n, t) for t in got]
     if not raws: raise ValueError(f"class_prob_maps: modules {spec.modules} never ran in the forward pass")
     if spec.layout == "N(HWA)K" and len(raws) == 1 and len(spec.level_shapes) > 1:  # all levels in one output

@@ -14,4 +14,5 @@ from .fastai_ssd import FastaiSSDDetector, is_fastai_outconv
 from .ultralytics import (UltralyticsDetector, ULTRALYTICS_SUFFIXES, is_anchor_free_detect, is_ultralytics,
                                            ultralytics_import, load_ultralytics_model)
 from .rtdetr import RTDETRDetector, is_rtdetr_decoder
+from .rfdetr import RFDETRDetector, RFDETR_SIZES, is_lwdetr, is_rfdetr_wrapper, load_rfdetr
 from ..spec import InputGeometry, letterbox_geometry   # today's import paths
