@@ -193,11 +193,12 @@ class HeadSpec:
     centerness:str=None         # module whose (N, A, H, W) output is FCOS centerness logits
     image_score:str=None        # module whose output is an image-level logit (segmentation + decision nets)
     anchor_module:str=None      # torchvision anchor generator: cell centres and strides are read from its anchors
-    select:Callable=None        # picks the logits tensor(s) from a module's output ([]: none in this call); default: tensors of the layout's ndim
+    select:Callable=None        # picks the logits tensor(s) from a module's output; default: tensors of the layout's ndim
     columns:int=None            # raw columns per anchor; default K (+1 with background) (+5 for "yolo")
     classes:list=None           # class names; default "0".."K-1"
     name:str="custom"           # what kind of head this is, shown in plots
     agnostic:bool=False         # one class-agnostic score (RPN objectness): `classes` name the GT boxes, all of them drawn
+    calls:int=None              # read only the first `calls` calls of `modules` (a head the model runs again on a subset: RF-DETR)
 
     def __post_init__(self):
         if isinstance(self.modules, (str, nn.Module)): self.modules = [self.modules]

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/01l_det_rfdetr.ipynb #ad308a6d
 from __future__ import annotations
-import math
+import math, warnings
 
 import torch
 from torch import nn, Tensor
@@ -60,12 +60,14 @@ def rfdetr_config(model:nn.Module):
     side = int(round(math.sqrt(pe)))
     block = enc.patch_size * enc.num_windows
     Base = rfdetr_import("rfdetr.config.RFDETRBaseConfig")
-    return Base(pretrain_weights=None, num_classes=model.class_embed.out_features - 1, num_queries=model.num_queries,
-                group_detr=model.group_detr, two_stage=model.two_stage, bbox_reparam=model.bbox_reparam,
-                dec_layers=len(model.transformer.decoder.layers), patch_size=enc.patch_size, num_windows=enc.num_windows,
-                positional_encoding_size=side, resolution=math.ceil(side * enc.patch_size / block) * block,
-                projector_scale=list(model.backbone[0].projector_scale), segmentation_head=model.segmentation_head is not None,
-                hidden_dim=model.transformer.d_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "initialised from scratch": the weights are the module's own
+        return Base(pretrain_weights=None, num_classes=model.class_embed.out_features - 1, num_queries=model.num_queries,
+                    group_detr=model.group_detr, two_stage=model.two_stage, bbox_reparam=model.bbox_reparam,
+                    dec_layers=len(model.transformer.decoder.layers), patch_size=enc.patch_size, num_windows=enc.num_windows,
+                    positional_encoding_size=side, resolution=math.ceil(side * enc.patch_size / block) * block,
+                    projector_scale=list(model.backbone[0].projector_scale), segmentation_head=model.segmentation_head is not None,
+                    hidden_dim=model.transformer.d_model)
 
 # %% ../../nbs/01l_det_rfdetr.ipynb #a2726ec9
 class _RFDETRGeometry:
@@ -102,12 +104,9 @@ class _RFDETRHead:
     def _head_spec(self):
         if self._spec is not None: return self._spec
         shapes = self.level_shapes()
-        rows = sum(h * w for h, w in shapes)
-        # in eval LWDETR runs enc_out_class_embed[0] twice: on every location (rows) and again on the selected queries
-        pick = lambda o: o if torch.is_tensor(o) and o.ndim == 3 and o.shape[1] == rows else []
         return HeadSpec(["transformer.enc_out_class_embed.0"], self.num_classes, 1, "N(HWA)K", "sigmoid",
                         background=self.num_classes, level_shapes=shapes, strides=[(s, s) for s in self.strides],
-                        offset=0.5, select=pick, classes=self.names, name="rfdetr-encoder")
+                        offset=0.5, calls=1, classes=self.names, name="rfdetr-encoder")
     def parts(self)->dict:
         "ViT backbone, projector (the levels), two-stage encoder output and its heads, decoder and its heads"
         t = self.model.transformer
@@ -288,7 +287,6 @@ def load_rfdetr(arch:str, weights=None, num_classes:int=None, score_thresh:float
         if num_classes is not None and num_classes != fit:
             raise ValueError(f"--weights {weights}: the checkpoint has {fit} classes, not --num-classes {num_classes}")
         num_classes = fit
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # "initialised from scratch": that is what pretrain_weights=None asks
         w = rfdetr_import(f"rfdetr.{RFDETR_SIZES[name]}")(pretrain_weights=None, num_classes=int(num_classes or 90))
