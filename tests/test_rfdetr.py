@@ -11,6 +11,7 @@ from rfdetr.models.transformer import gen_encoder_output_proposals
 
 from weldiag.data import DetectionTorchDataset, detection_collate, weld_sample
 from weldiag.detectors import as_detector, unwrap
+from weldiag.detectors.rfdetr import build_rfdetr
 from weldiag.load import load_detector
 from weldiag.metrics import evaluate
 from weldiag.probmaps import class_prob_maps
@@ -18,16 +19,24 @@ from weldiag.lr_find import lr_find, training_state, same_state
 from test_cli_demo import weldiag
 
 
+class Offline:
+    "Refuse (and record) every socket connection inside the block"
+    def __enter__(self):
+        self.tries, self.orig = [], socket.socket.connect
+        def refuse(sock, *a, **k): self.tries.append(a); raise OSError(f"test: no network ({a})")
+        socket.socket.connect = refuse
+        return self
+    def __exit__(self, *exc): socket.socket.connect = self.orig
+
+
 @pytest.fixture(scope="module")
 def nano():
-    "The wrapper, built offline: any network connection during the build fails the test"
-    def refuse(*a, **k): raise AssertionError(f"network access while building RFDETRNano: {a}")
-    orig, socket.socket.connect = socket.socket.connect, refuse
-    try:
-        torch.manual_seed(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore"); return rfdetr.RFDETRNano(pretrain_weights=None, num_classes=4)
-    finally: socket.socket.connect = orig
+    "The wrapper, built offline (random init, DINOv2 built from its config): no connection is even tried"
+    with Offline() as net, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0); w = rfdetr.RFDETRNano(pretrain_weights=None, num_classes=4)
+    assert net.tries == []
+    return w
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +179,16 @@ def test_query_matches_are_its_hungarian_matcher(nano, val):
     for g, (qi, gi), t in zip(got, ref, tgs):
         assert torch.equal(g["query"][gi], qi)
         assert g["cost"].shape == (len(t["labels"]),) and torch.isfinite(g["cost"]).all()
+
+
+def test_build_rfdetr_is_the_wrappers_module_without_downloads(nano):
+    "rfdetr-base's ViT matches DINOv2's, so RFDETRBase(pretrain_weights=None) fetches it from the hub: build_rfdetr does not"
+    with Offline() as net:
+        m = build_rfdetr("rfdetr-nano", 4)
+        base = as_detector(build_rfdetr("rfdetr-base", 4))
+    assert net.tries == []
+    assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in nano.model.model.state_dict().items()}
+    assert (base.image_size, base.block, base.level_shapes()) == (560, 56, [(40, 40)])
 
 
 def test_load_detector_checkpoint_and_bad_file(nano, tmp_path):

@@ -16,7 +16,7 @@ from .base import Detector, register, module_at
 
 # %% auto #0
 __all__ = ['RFDETR_SIZES', 'IMAGENET', 'LEVEL_SCALE', 'is_lwdetr', 'is_rfdetr_wrapper', 'rfdetr_module', 'rfdetr_import',
-           'rfdetr_config', 'RFDETRDetector', 'rfdetr_state_dict', 'load_rfdetr']
+           'rfdetr_config', 'RFDETRDetector', 'rfdetr_state_dict', 'build_rfdetr', 'load_rfdetr']
 
 # %% ../../nbs/01l_det_rfdetr.ipynb #caec41c3
 RFDETR_SIZES = {"rfdetr-nano": "RFDETRNano", "rfdetr-small": "RFDETRSmall", "rfdetr-medium": "RFDETRMedium",
@@ -276,9 +276,27 @@ def rfdetr_state_dict(path, trust:bool=False)->tuple:
                          "or 'state_dict')")
     return sd, (list(names) if names else None)
 
+# %% ../../nbs/01l_det_rfdetr.ipynb #6e774c46
+def build_rfdetr(
+    size:str,                # an `RFDETR_SIZES` name, e.g. "rfdetr-nano"
+    num_classes:int=90,      # K (rfdetr's `num_classes`: the head gets K + 1 logits)
+)->nn.Module:                # the `LWDETR`, random init, carrying its config as `rfdetr_module` does
+    "The module `RFDETRNano(pretrain_weights=None, num_classes=K)` holds, without DINOv2's hub weights (nothing downloaded)"
+    name = str(size).lower()
+    if name not in RFDETR_SIZES: raise ValueError(f"--model {size}: not an RF-DETR size; choices: {', '.join(RFDETR_SIZES)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # "initialised from scratch": that is what pretrain_weights=None asks
+        cfg = rfdetr_import(f"rfdetr.config.{RFDETR_SIZES[name]}Config")(pretrain_weights=None, num_classes=int(num_classes))
+        # rfdetr's build_model fetches DINOv2 from the hub when pretrain_weights is None and the ViT matches DINOv2's
+        # (patch 14, 37 x 37 positions: rfdetr-base); any non-None value builds the same ViT from its config instead
+        m = rfdetr_import("rfdetr.models.build_model_from_config")(cfg.model_copy(update={"pretrain_weights": "<none>"}))
+    m.weldiag_rfdetr = {"config": cfg, "class_names": None, "means": IMAGENET[0], "stds": IMAGENET[1],
+                        "resolution": int(cfg.resolution), "num_select": int(cfg.num_select), "size": name}
+    return m
+
 def load_rfdetr(arch:str, weights=None, num_classes:int=None, score_thresh:float=None, image_size:int=None,
                 trust:bool=False)->nn.Module:
-    "rfdetr's `LWDETR` for `arch` (`RFDETR_SIZES`), built with `pretrain_weights=None`, with a checkpoint's weights if given"
+    "rfdetr's `LWDETR` for `arch` (`RFDETR_SIZES`), random init, with a checkpoint's weights (read weights-only) if given"
     name = str(arch).lower()
     if name not in RFDETR_SIZES: raise ValueError(f"--model {arch}: not an RF-DETR size; choices: {', '.join(RFDETR_SIZES)}")
     sd, names = rfdetr_state_dict(weights, trust) if weights is not None else (None, None)
@@ -287,10 +305,7 @@ def load_rfdetr(arch:str, weights=None, num_classes:int=None, score_thresh:float
         if num_classes is not None and num_classes != fit:
             raise ValueError(f"--weights {weights}: the checkpoint has {fit} classes, not --num-classes {num_classes}")
         num_classes = fit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")      # "initialised from scratch": that is what pretrain_weights=None asks
-        w = rfdetr_import(f"rfdetr.{RFDETR_SIZES[name]}")(pretrain_weights=None, num_classes=int(num_classes or 90))
-    m = rfdetr_module(w)
+    m = build_rfdetr(name, num_classes or 90)
     if sd is not None:
         own = m.state_dict()
         missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
