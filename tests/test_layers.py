@@ -1,5 +1,5 @@
 """The package's layers, read from its source: every import (inside functions too) goes down or sideways, never in a
-circle; no private name crosses modules; only `weldiag/detectors/` checks torchvision / ultralytics types. Plus the
+circle; no private name crosses modules; only `weldiag/detectors/` checks torchvision / ultralytics / rfdetr types. Plus the
 size rules: no module over 800 lines, no notebook export cell over 80 lines.
 
 Layers, each importing only its own and the ones below (`LAYERS`; the longest matching prefix wins):
@@ -32,7 +32,7 @@ LAYERS = {
 # Still over the size rules, split by a later change (issue 21 stays open for them); nothing may join this list
 SIZE_PENDING = set()
 GENERATED = {"weldiag._modidx"}       # nbdev's symbol index: data, not code
-FAMILY_LIBS = ("torchvision", "ultralytics")
+FAMILY_LIBS = ("torchvision", "ultralytics", "rfdetr")
 MAX_MODULE_LINES, MAX_CELL_LINES = 800, 80
 
 
@@ -137,7 +137,7 @@ def family_type_checks(mods:dict)->list:
                and len(node.args) == 2 and from_lib(node.args[1]):
                 out.append(f"{mod}:{node.lineno}: {node.func.id} on a {ast.unparse(node.args[1])} type: ask the adapter")
             if isinstance(node, (ast.Call, ast.Compare)) and "__module__" in (t := ast.unparse(node)) and \
-               re.search(r"['\"](torchvision|ultralytics)\b", t):
+               re.search(r"['\"](torchvision|ultralytics|rfdetr)\b", t):
                 out.append(f"{mod}:{node.lineno}: tests a class's __module__ against the library: ask the adapter")
     return out
 
@@ -158,7 +158,7 @@ def test_no_family_type_checks_outside_detectors():
 
 def test_one_module_per_detector_family():
     fams = {p.stem for p in (PKG / "detectors").glob("*.py")} - {"__init__", "base"}
-    assert fams >= {"torchvision", "yolov5", "fastai_ssd", "ultralytics", "rtdetr"}, fams
+    assert fams >= {"torchvision", "yolov5", "fastai_ssd", "ultralytics", "rtdetr", "rfdetr"}, fams
 
 
 def test_the_guard_catches_what_it_guards(tmp_path):

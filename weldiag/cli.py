@@ -41,7 +41,8 @@ def _add_detector_args(p, models):
     if models: p.add_argument("--model", choices=models, default="retinanet", help="detector to build and diagnose")
     else: p.add_argument("--model", default="retinanet", metavar="ARCH",
                          help="retinanet, ssdlite or fcos (a small one trained here); with --weights any torchvision "
-                              "detection builder, e.g. fasterrcnn_mobilenet_v3_large_fpn")
+                              "detection builder, e.g. fasterrcnn_mobilenet_v3_large_fpn, "
+                              "or an RF-DETR size (rfdetr-nano, rfdetr-small, rfdetr-medium, rfdetr-base, rfdetr-large)")
     p.add_argument("--fast", action="store_true", help="a smoke-test run under a minute on a CPU")
     p.add_argument("--recall", type=float, default=0.95, help="recall target of the accept / reject section: the "
                    "threshold that catches this share of defective images (and of boxes, per class); default 0.95")

@@ -14,6 +14,7 @@ from .safe_load import safe_torch_load
 from .zoo import ARCHS, small_detector
 from .detectors import as_detector
 from .detectors.ultralytics import ULTRALYTICS_SUFFIXES, load_ultralytics_model
+from .detectors.rfdetr import RFDETR_SIZES, load_rfdetr
 
 # %% auto #0
 __all__ = ['detector_builders', 'read_state_dict', 'load_detector']
@@ -127,18 +128,23 @@ def load_detector(
     min_size:int=None,       # the transform's short side, as the model was trained (None: the builder's default)
     max_size:int=None,       # the transform's long-side cap
     score_thresh:float=None, # lowest score the postprocess keeps (None: the builder's, 0.05 for most)
-    image_size:int=None,     # ultralytics: the square letterbox side (imgsz); transformers: the processor's size (RT-DETR side, DETR shortest edge)
-    trust:bool=False,        # ultralytics checkpoint: unpickle it fully (False: weights-only, its module classes allowed)
+    image_size:int=None,     # ultralytics / RF-DETR: the square input side (imgsz); transformers: the processor's size (RT-DETR side, DETR shortest edge)
+    trust:bool=False,        # ultralytics / RF-DETR checkpoint: unpickle it fully (False: weights-only, its module classes allowed)
     **builder_kwargs,        # anything else the builder takes (box_score_thresh, anchor_generator, ...)
 )->nn.Module:                # the model in eval mode, on the CPU
-    "Rebuild a torchvision detector and load a trained state_dict (or an ultralytics yaml / checkpoint, or a transformers directory), one-line errors"
+    "Rebuild a torchvision detector and load a trained state_dict (or an ultralytics yaml / checkpoint, an RF-DETR size, a transformers directory), one-line errors"
     names = detector_builders()
+    if str(arch).lower() in RFDETR_SIZES:        # rfdetr-nano ...: built with pretrain_weights=None, the checkpoint read weights-only
+        if min_size is not None or max_size is not None:
+            raise ValueError(f"--model {arch}: RF-DETR resizes to a fixed square; give --image-size, not --min-size / --max-size")
+        return load_rfdetr(arch, weights, num_classes, score_thresh, image_size, trust)
     if arch not in names and str(arch).lower().endswith(ULTRALYTICS_SUFFIXES):
         return _load_ultralytics(str(arch), weights, num_classes, score_thresh, image_size, trust)
     if arch not in names and Path(arch).is_dir():   # a transformers `save_pretrained` directory
         return _load_transformers(str(arch), weights, num_classes, score_thresh, image_size)
     if arch not in names: raise ValueError(f"--model {arch!r}: unknown detector; choices: {', '.join(names)}, "
-                                           "an ultralytics model yaml (yolov8n.yaml) or checkpoint (best.pt), or a transformers save_pretrained directory")
+                                           "an ultralytics model yaml (yolov8n.yaml) or checkpoint (best.pt), a transformers save_pretrained directory, "
+                                           f"or an RF-DETR size ({', '.join(RFDETR_SIZES)})")
     kw = dict(builder_kwargs)
     if min_size is not None: kw["min_size"] = int(min_size)
     if max_size is not None: kw["max_size"] = int(max_size)

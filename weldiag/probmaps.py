@@ -212,8 +212,7 @@ def _level_outputs(calls:list, names:set, spec:HeadSpec)->list:
     "The raw class-logit tensors, one per level, in call order"
     ndim = {"N(AK)HW": 4, "NAHW(5+K)": 5, "N(HWA)K": 3}[spec.layout]
     raws = []
-    for n, out in calls:
-        if n not in names: continue
+    for n, out in [(n, o) for n, o in calls if n in names][:spec.calls]:   # `calls`: the first ones only (RF-DETR)
         if spec.select is not None: got = spec.select(out); got = [got] if torch.is_tensor(got) else list(got)
         else: got = [t for _, t in walk_outputs(out) if t.ndim == ndim]
         if not got: raise ValueError(f"{n}: output has no {ndim}-D tensor for layout {spec.layout!r}; give HeadSpec.select")

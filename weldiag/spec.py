@@ -198,6 +198,7 @@ class HeadSpec:
     classes:list=None           # class names; default "0".."K-1"
     name:str="custom"           # what kind of head this is, shown in plots
     agnostic:bool=False         # one class-agnostic score (RPN objectness): `classes` name the GT boxes, all of them drawn
+    calls:int=None              # read only the first `calls` calls of `modules` (a head the model runs again on a subset: RF-DETR)
 
     def __post_init__(self):
         if isinstance(self.modules, (str, nn.Module)): self.modules = [self.modules]

@@ -15,4 +15,5 @@ from .ultralytics import (UltralyticsDetector, ULTRALYTICS_SUFFIXES, is_anchor_f
                                            ultralytics_import, load_ultralytics_model)
 from .rtdetr import RTDETRDetector, is_rtdetr_decoder
 from .hf_detr import HFDetrDetector, is_hf_detr
+from .rfdetr import RFDETRDetector, RFDETR_SIZES, is_lwdetr, is_rfdetr_wrapper, load_rfdetr
 from ..spec import InputGeometry, letterbox_geometry   # today's import paths

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..detectors import ULTRALYTICS_SUFFIXES
+from ..detectors import ULTRALYTICS_SUFFIXES, RFDETR_SIZES
 from ..load import load_detector
 from .config import DemoConfig, resolve_device, load_splits
 from .pipeline import diagnose
@@ -53,7 +53,7 @@ def report_command(
     device:str="auto",
     epochs:int=None,          # without weights: training epochs (default 3); with weights: fine-tuning epochs (default 0)
     image_size:int=None,
-    model:str="retinanet",    # without weights: retinanet, ssdlite or fcos; with weights: any torchvision builder name
+    model:str="retinanet",    # without weights: retinanet, ssdlite or fcos; with weights: any torchvision builder name; or rfdetr-nano ...
     fast:bool=False,
     weights=None,             # your trained state_dict: diagnose that model (the file is only read)
     num_classes:int=None,     # the builder's num_classes (default: from the weights)
@@ -68,16 +68,17 @@ def report_command(
     "CLI `weldiag report [--data PATH] [--model ARCH --weights CKPT]`: the demo's report for your own data and model"
     ultra = str(model).lower().endswith(ULTRALYTICS_SUFFIXES)   # an ultralytics yaml / checkpoint is the model itself
     hf = Path(str(model)).is_dir()                               # so is a transformers save_pretrained directory
-    if weights is None and not (ultra or hf):
+    rf = str(model).lower() in RFDETR_SIZES                      # an RF-DETR size: random init, or --weights
+    if weights is None and not (ultra or hf or rf):
         if any(v is not None for v in (num_classes, min_size, max_size, score_thresh)):
             raise ValueError("--num-classes / --min-size / --max-size / --score-thresh describe a trained model: give --weights too")
         return _command(data, out, device, epochs, image_size, model, fast, split, strict, recall=recall)
     if epochs is not None and epochs < 0: raise ValueError(f"--epochs {epochs}: need 0 or more")
     resolve_device(device)
     t = time.perf_counter()
-    if ultra and num_classes is None and str(model).lower().endswith((".yaml", ".yml")):
+    if num_classes is None and ((ultra and str(model).lower().endswith((".yaml", ".yml"))) or (rf and weights is None)):
         num_classes = len(load_splits(data, 0, split, strict)[0].classes)  # a bare architecture: the data's classes
-    net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh, image_size=image_size if ultra or hf else None,
+    net = load_detector(model, weights, num_classes, min_size, max_size, score_thresh, image_size=image_size if ultra or hf or rf else None,
                        trust=trust)
     d = dict(epochs=epochs or 0)
     if fast: d.update(lr_iters=8, max_steps=6, n_maps=1)

@@ -40,6 +40,12 @@ TRAINED_STEPS = (("data", data_step), ("data health", health_step), ("anchor cov
 TRAINING_STEPS = ("lr finder", "training + activations", "fine-tuning + activations")
 
 # %% ../../nbs/08d_report_pipeline.ipynb #d68bd8d0
+def _square_input(det)->str:
+    "How an adapter's square input is built: a padded letterbox (YOLO) or each axis resized on its own (RT-DETR, RF-DETR)"
+    S, padded = det.image_size, any(det.input_geometry((100, 300)).offset)
+    return (f"letterboxed to {S}×{S} as ultralytics does" if padded else
+            f"resized to {S}×{S} (each axis on its own) as the {det.family} pipeline does")
+
 def _header(rep:HTMLReport, run:Run, how:str):
     c = run.cfg
     n_par = f"{sum(p.numel() for p in run.model.parameters()) / 1e6:.2f} M parameters"
@@ -47,8 +53,7 @@ def _header(rep:HTMLReport, run:Run, how:str):
         det = as_detector(run.model)
         t = det.transform
         size = (f"resized by the model itself (min_size {t.min_size[-1]}, max_size {t.max_size})" if t is not None and
-                t.fixed_size is None else det.input_description() or (f"letterboxed to {det.image_size}×{det.image_size} "
-                "as ultralytics does" if det.letterboxes else "resized by the model itself"))
+                t.fixed_size is None else det.input_description() or (_square_input(det) if det.letterboxes else "resized by the model itself"))
         train = (f"fine-tuned on a copy for {c.epochs} epoch(s)" + (f" capped at {c.max_steps} steps" if c.max_steps else "")
                  if c.epochs else "diagnosed as it is: nothing is trained (lr-finder and activation statistics need --epochs)")
         rep.section("Run", f"Model **{c.model}**: {run.given}, {n_par}, on **{run.device}**; images {size}; {train}. "
