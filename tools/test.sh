@@ -20,8 +20,8 @@ echo "== 3/5 README.md is generated from nbs/index.ipynb"
 $B/python tools/make_readme.py --check || fail "README.md is stale: run .venv/bin/python tools/make_readme.py"
 echo "== 4/5 nbdev-test (all notebooks; 'slow' and 'gpu' cells skipped)"
 $B/nbdev-test --timing || fail "nbdev-test"
-echo "== 5/5 pytest"
-$B/python -m pytest tests -q -p no:cacheprovider
+echo "== 5/5 pytest (two workers, one per core; each test file stays on one worker, so its module fixtures are built once)"
+$B/python -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile
 rc=$?
 [ $rc -eq 5 ] && fail "pytest collected no tests"
 exit $rc
