@@ -43,3 +43,29 @@ def test_query_coverage_columns_follow_the_query_interface(name):
         chosen = set(sel["selected"].tolist())
         assert f["best_selected"].tolist() == [int(l) in chosen for l in f["best_location"]], name
     assert qc.to_summary()["num_queries"] == det.num_queries and qc.plot() is not None
+
+
+@pytest.mark.parametrize("name", ["rt_detr_v2", "d_fine", "deformable_detr", "rfdetr-nano", "rtdetr-l"])
+def test_feature_maps_and_role_named_activation_streams(name):
+    "Feature maps of the encoder levels the adapter names, and ActivationStats streams under its role names during a training step"
+    from weldiag.activations import ActivationStats
+    from weldiag.probmaps import feature_maps
+    from weldiag.data import detection_collate
+    if name == "rtdetr-l":
+        pytest.importorskip("ultralytics")
+        from ultralytics.nn.tasks import RTDETRDetectionModel
+        torch.manual_seed(0); m, size = RTDETRDetectionModel("rtdetr-l.yaml", nc=4, verbose=False), 160
+    else: m, size = _model(name)
+    det = as_detector(m, image_size=size)
+    ims, tgs = detection_collate([DetectionTorchDataset(weld_sample("val"))[i] for i in (0, 3)])
+    fm = feature_maps(det, ims)
+    assert len(fm.layers) >= 1 and all(f.mean.shape[0] == 2 for f in fm.layers.values()), name
+    roles = det.roles()
+    assert roles, name
+    with ActivationStats(det.model, modules=list(roles), names=roles) as st:
+        sum(det.loss(ims, tgs).values()).backward()
+    det.model.zero_grad(); det.model.eval()
+    layers = set(st.layers())
+    named = lambda l: any(l == r or l.startswith(r + "[") or l.startswith(r + ".") for r in roles.values())  # a role, or a part of its output
+    assert layers and all(named(l) for l in layers), (name, sorted(l for l in layers if not named(l))[:5])
+    assert any(l.startswith("decoder.") for l in layers) and any(l.startswith("encoder.") for l in layers), (name, sorted(layers)[:12])

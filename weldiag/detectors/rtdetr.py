@@ -98,7 +98,7 @@ class _RTDETRTraining:
         def keep(*a, **k):                                # the criterion's own dict, before `loss` sums it
             d = orig(*a, **k); terms.update(d); return d
         crit.forward = keep
-        try: total, _ = self.model.loss(b)
+        try: total, _ = self.model(b)                    # a dict: `forward` calls `loss`, through __call__ so hooks see a step
         finally: del crit.forward
         return terms if terms else {"loss": total}
 
