@@ -16,4 +16,4 @@ from .compute import (NO_RULE, input_boxes, model_input_geometry, feature_shapes
 from .plots import STATUS_COLORS, plot_coverage, plot_gallery, plot_location
 from .receptive import receptive_fields
 from .suggest import SuggestedAnchors, iou_kmeans, suggest_anchors
-from .cli import COVERAGE_MODELS, cli_target, coverage_summary, coverage_command
+from .cli import COVERAGE_MODELS, cli_target, coverage_summary, coverage_command, query_command
