@@ -65,7 +65,8 @@ def test_memory_bounded():
 def _ref_row(t, r, bins=40, near_zero=1e-2):
     "Near-zero counts and signed histogram of one whole tensor, binned the way the package documents it."
     lo = -r
-    idx = ((t - lo) * (bins / (r - lo))).floor().clamp(-1, bins).add(1).long()
+    scale = torch.tensor(float(bins)) / torch.tensor(float(r - lo))      # float32, as the kernels compute it (a Python float
+    idx = ((t - lo) * scale).floor().clamp(-1, bins).add(1).long()      # scale would round differently at a bin edge)
     hist = torch.bincount(idx, minlength=bins + 2).double()
     return torch.cat([torch.tensor([(t.abs() <= near_zero).sum(), (t <= 0.05).sum()], dtype=torch.float64), hist])
 

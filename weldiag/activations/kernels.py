@@ -117,7 +117,7 @@ def sample_rows(
     tmp = torch.empty_like(a)             # comparisons written as float 0. / 1. and summed: the fast passes on CPU
     counts = [torch.le(x, t, out=tmp).sum(1) for x, t in ((a, near_zero), (samples, _FASTAI_NEAR_ZERO))]
     lo = -ranges if signed else torch.zeros_like(ranges)
-    idx = torch.sub(samples if signed else a, lo[:, None], out=tmp).mul_((bins / (ranges - lo))[:, None])
+    idx = torch.sub(samples if signed else a, lo[:, None], out=tmp).mul_((torch.full_like(ranges, bins) / (ranges - lo))[:, None])  # a true division: `bins / t` is bins * (1 / t) in torch, another rounding than the C kernel's
     idx = torch.nan_to_num_(idx.floor_().clamp_(-1, bins).add_(1), nan=bins + 2).int()   # 0 under, bins+1 over, NaN
     idx += torch.arange(0, m * nb, nb, device=idx.device, dtype=idx.dtype)[:, None]    # row i's bins at i·nb
     hist = _count_index(idx.view(-1), m * nb).view(m, nb)
