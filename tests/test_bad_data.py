@@ -285,3 +285,15 @@ def test_report_prints_no_traceback_on_bad_data(name, tmp_path):
     rc, out, err = run_cli("report", "--data", path, "--fast", "--device", "cpu", "--out", tmp_path / "r")
     assert "Traceback" not in err + out, err[-2000:]
     if rc != 0: assert rc == 2 and len([l for l in err.strip().splitlines() if l.strip()]) == 1, (rc, err[-2000:])
+
+
+def test_a_bomb_is_refused_even_when_pil_s_limit_is_off(tmp_path, monkeypatch):
+    "ultralytics and rfdetr switch PIL's global pixel limit off; weldiag's readers still refuse the file before decoding it"
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    root = _bomb(tmp_path)
+    ds = load_dataset(root, strict=False)
+    assert any("too many pixels" in p.reason for p in ds.problems), ds.problems
+    from weldiag.data import load_image
+    bomb = next((root / "images" / "val").glob("*.png"))
+    with pytest.raises(ValueError, match="too many pixels"): load_image(bomb)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .records import DetectionDataset, Record
+from .records import DetectionDataset, Record, check_pixels
 
 # %% auto #0
 __all__ = ['DUP_COLUMNS', 'phash', 'as_splits', 'duplicates', 'box_problems', 'split_drift', 'DataHealth', 'data_health']
@@ -30,6 +30,7 @@ def phash(
     "Perceptual hash of an image: signs of its lowest DCT frequencies against their median"
     src = getattr(img, "path", img)
     im = src if isinstance(src, Image.Image) else Image.open(src)
+    check_pixels(im)                  # before decoding: the readers list such files as problems, they never reach here
     a = np.asarray(im.convert("L").resize((4 * n, 4 * n), Image.Resampling.LANCZOS), np.float64)
     D = _dct_matrix(4 * n)
     low = (D @ a @ D.T)[:n, :n].ravel()

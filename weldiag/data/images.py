@@ -11,6 +11,8 @@ import torch
 import matplotlib.pyplot as plt
 from PIL import Image, UnidentifiedImageError
 
+from .records import check_pixels
+
 # %% auto #0
 __all__ = ['IMG_EXTS', 'load_image', 'plain_text', 'shorten_middle', 'class_colors', 'to_numpy_image', 'show_image', 'draw_boxes',
            'class_patches', 'add_class_legend', 'panel_columns']
@@ -26,6 +28,7 @@ def load_image(
     path = Path(x.path) if hasattr(x, "path") else Path(x)
     try:
         with Image.open(path) as im:
+            check_pixels(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):   # 16-bit / float: scale to 8 bit, not clip to white
                 a = np.asarray(im).astype(np.float32)
                 top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)

@@ -12,8 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['Record', 'Problem', 'BadInput', 'report_problem', 'skip_problem', 'existing_path', 'DetectionDataset', 'image_size',
-           'read_json', 'check_box', 'class_index', 'report_class_typos', 'sort_classes']
+__all__ = ['MAX_PIXELS', 'Record', 'Problem', 'BadInput', 'report_problem', 'skip_problem', 'existing_path', 'DetectionDataset',
+           'check_pixels', 'image_size', 'read_json', 'check_box', 'class_index', 'report_class_typos', 'sort_classes']
 
 # %% ../../nbs/01_data_a_records.ipynb #a6f39953
 @dataclass
@@ -100,10 +100,21 @@ class DetectionDataset:
         return s + (f", {len(self.problems)} problems)" if self.problems else ")")
 
 # %% ../../nbs/01_data_a_records.ipynb #7557d418
+MAX_PIXELS = 178_956_970   # PIL's own refusal threshold (2 x its default MAX_IMAGE_PIXELS), held here: ultralytics and
+                           # rfdetr switch PIL's global check off when imported or used, and a bomb would then be decoded
+
+def check_pixels(im:Image.Image):
+    "Refuse an opened image of more than `MAX_PIXELS` pixels before it is decoded, whatever PIL's global limit is now"
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise Image.DecompressionBombError(f"Image size ({w * h} pixels) exceeds limit of {MAX_PIXELS} pixels, "
+                                           "could be decompression bomb DOS attack.")
+
 def image_size(path, problems:list, strict:bool):
     "(W, H) of an image that decodes completely, or None (problem reported): truncated files and pixel bombs are refused."
     try:
         with Image.open(path) as im:
+            check_pixels(im)
             im.load()   # a truncated file fails here, not 20 s later in training
             return im.size
     except Image.DecompressionBombError as e: report_problem(problems, strict, path, None, f"too many pixels to be a photograph ({e})")
