@@ -12,10 +12,10 @@ import pandas as pd
 import matplotlib.pyplot as plt
 import torch
 
-from .data import DetectionDataset, load_image, show_image, draw_boxes
+from .data import DetectionDataset
 from .spec import letterbox_geometry
 from .detectors import as_detector
-from .gt_table import gt_columns, bucket
+from .gt_table import gt_columns, bucket, plot_gt_crops
 
 # %% auto #0
 __all__ = ['ASSIGN_STATUSES', 'HARD_STATUSES', 'ASSIGN_COLORS', 'anchor_points', 'candidates', 'Assignability', 'assignability',
@@ -166,32 +166,21 @@ def plot_assignability(a:Assignability, figsize=(14, 4.2)):
 
 def plot_assign_gallery(a:Assignability, n:int=12, ncols:int=4):
     "The smallest GTs that are not assignable, on their images, with the anchor points around them (filled: candidates)"
-    f = a.frame[a.frame["status"] != "assignable"].sort_values("size").head(n)
-    if not len(f): return None
-    nrows = math.ceil(len(f) / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
-    det = None
-    for ax, (_, r) in zip(axs.flat, f.iterrows()):
-        rec = a.ds[int(r["image"])]
-        W, H = rec.size
-        gt = [r["x1"], r["y1"], r["x2"], r["y2"]]
-        pad = 0.6 * max(gt[2] - gt[0], gt[3] - gt[1]) + 12
-        crop = [max(0, int(gt[0] - pad)), max(0, int(gt[1] - pad)), min(W, int(gt[2] + pad) + 1), min(H, int(gt[3] + pad) + 1)]
-        show_image(load_image(rec).crop(crop), ax=ax)
-        draw_boxes(ax, torch.tensor([gt]) - torch.tensor([crop[0], crop[1]] * 2), [int(r["label"])], a.classes, lw=2)
+    def points(ax, r, i, crop):                              # anchor points of the finest level whose grid spans the crop
+        W, H = a.ds[i].size
         g = letterbox_geometry((H, W), a.image_size)         # input px = original px * scale + offset
         (s, _), (oy, ox) = g.scale, g.offset
-        for st in a.rule["strides"]:                         # points of the finest level whose grid spans the crop
+        for st in a.rule["strides"]:
             xs = (np.arange(a.image_size // st) + 0.5) * st
             px, py = (xs - ox) / s, (xs - oy) / s
             px, py = px[(px >= crop[0]) & (px < crop[2])], py[(py >= crop[1]) & (py < crop[3])]
             gx, gy = np.meshgrid(px, py)
             ax.scatter(gx.ravel() - crop[0], gy.ravel() - crop[1], s=18, c="yellow", edgecolors="k", linewidths=0.5)
             if len(px) * len(py) > 0: break
-        ax.set_xlim(-0.5, crop[2] - crop[0] - 0.5); ax.set_ylim(crop[3] - crop[1] - 0.5, -0.5)
-        ax.set_title(f"{r['file']} #{int(r['box'])}: {r['class']} {r['in_w']:.1f}×{r['in_h']:.1f} input px\n{r['status']}",
-                     fontsize=8)
-    for ax in list(axs.flat)[len(f):]: ax.axis("off")
+    out = plot_gt_crops(a.frame[a.frame["status"] != "assignable"].sort_values("size").head(n), a.ds, a.classes,
+                        lambda r: r["status"], points, ncols)
+    if out is None: return None
+    fig, _ = out
     fig.suptitle(f"{a.source} at imgsz {a.image_size}: GTs the assigner cannot use (dots: anchor points of the finest grid)",
                  fontsize=11)
     fig.tight_layout()

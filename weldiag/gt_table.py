@@ -9,9 +9,12 @@ import math
 import numpy as np
 import pandas as pd
 import torch
+import matplotlib.pyplot as plt
+
+from .data import load_image, show_image, draw_boxes
 
 # %% auto #0
-__all__ = ['SIZE_EDGES', 'ASPECT_EDGES', 'ASPECT_NAMES', 'STATUSES', 'size_names', 'gt_columns', 'bucket']
+__all__ = ['SIZE_EDGES', 'ASPECT_EDGES', 'ASPECT_NAMES', 'STATUSES', 'size_names', 'gt_columns', 'bucket', 'plot_gt_crops']
 
 # %% ../nbs/03a_gt_table.ipynb #a877b181
 SIZE_EDGES = (0, 8, 16, 32, 64, 128, 256, 512, math.inf)       # sqrt(area) in input pixels
@@ -54,3 +57,30 @@ def bucket(frame:pd.DataFrame, by:str)->pd.Series:
         order = frame.drop_duplicates("class").sort_values("label", kind="stable")["class"].tolist()
         return pd.Series(pd.Categorical(frame["class"], categories=order), index=frame.index, name="class")
     return frame[by]
+
+# %% ../nbs/03a_gt_table.ipynb #e53001d4
+def plot_gt_crops(
+    frame:pd.DataFrame,   # GT rows (gt_columns' image, box, label, class, x1..y2, in_w, in_h, file), in panel order
+    ds,                   # the DetectionDataset the rows index
+    classes:list,         # class names, for the box labels
+    title,                # row -> second title line (the first is file #box: class w×h input px)
+    dots=None,            # (ax, row, image index, crop [x0, y0, x1, y1]) -> None: marks drawn in crop pixels
+    ncols:int=4,          # panels per row
+):                        # (figure, axes) or None when `frame` is empty
+    "One panel per GT: its image cropped around it (0.6 box sides + 12 px), the box drawn, `dots` added, titled"
+    if not len(frame): return None
+    nrows = math.ceil(len(frame) / ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, (_, r) in zip(axs.flat, frame.iterrows()):
+        rec = ds[int(r["image"])]
+        W, H = rec.size
+        gt = [r["x1"], r["y1"], r["x2"], r["y2"]]
+        pad = 0.6 * max(gt[2] - gt[0], gt[3] - gt[1]) + 12
+        crop = [max(0, int(gt[0] - pad)), max(0, int(gt[1] - pad)), min(W, int(gt[2] + pad) + 1), min(H, int(gt[3] + pad) + 1)]
+        show_image(load_image(rec).crop(crop), ax=ax)
+        draw_boxes(ax, torch.tensor([gt]) - torch.tensor([crop[0], crop[1]] * 2), [int(r["label"])], classes, lw=2)
+        if dots is not None: dots(ax, r, int(r["image"]), crop)
+        ax.set_xlim(-0.5, crop[2] - crop[0] - 0.5); ax.set_ylim(crop[3] - crop[1] - 0.5, -0.5)
+        ax.set_title(f"{r['file']} #{int(r['box'])}: {r['class']} {r['in_w']:.1f}×{r['in_h']:.1f} input px\n{title(r)}", fontsize=8)
+    for ax in list(axs.flat)[len(frame):]: ax.axis("off")
+    return fig, axs

@@ -5,6 +5,7 @@
 # %% ../nbs/00_hooks.ipynb #67fb24ad
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import inspect
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['Walked', 'walk_outputs', 'select_modules', 'Hooks', 'grad_hook', 'OptimizerHooks']
+__all__ = ['Walked', 'walk_outputs', 'select_modules', 'Hooks', 'grad_hook', 'OptimizerHooks', 'evaluating']
 
 # %% ../nbs/00_hooks.ipynb #d18c8689
 class Walked(list):
@@ -174,3 +175,17 @@ class OptimizerHooks(_Handles):
         self.handles = [optimizer.register_step_pre_hook(lambda opt, args, kwargs: pre()),
                         optimizer.register_step_post_hook(lambda opt, args, kwargs: post())]
     def __repr__(self): return f"OptimizerHooks({'active' if self.handles else 'removed'})"
+
+# %% ../nbs/00_hooks.ipynb #a24e67d0
+@contextlib.contextmanager
+def evaluating(
+    model:nn.Module,   # put in eval mode for the block; each submodule's `training` flag restored after, as it was
+    grad:bool=False,   # keep autograd on (a probe that needs gradients)
+):
+    "Context manager: `model` in eval mode (and without gradients unless `grad`), every submodule's training flag restored"
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.set_grad_enabled(grad): yield model
+    finally:
+        for m, t in flags: m.training = t

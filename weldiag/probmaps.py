@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import Hooks, select_modules, walk_outputs
+from .hooks import Hooks, evaluating, select_modules, walk_outputs
 from .spec import HeadSpec, LAYOUTS, ACTIVATIONS
 from .detectors import as_detector, learner_of
 from .data import plain_text, panel_columns, show_image, draw_boxes, add_class_legend, class_colors, load_image
@@ -175,21 +175,17 @@ def run_hooked(det, images:list, names:list)->tuple:
     calls, dev = [], _model_device(model)
     def keep(name, module, inp, out): calls.append((name, out))  # no host sync in the hook
     images = [im.to(dev) for im in images]
-    was_training = model.training
-    try:
-        with Hooks(pairs, keep), torch.no_grad():
-            model.eval()
-            if tv is not None: res = model(images)
-            elif det.letterboxes:   # YOLO: the adapter letterboxes as the model's own pipeline does
-                x, geoms = det.letterbox(images)
-                letterboxed = Letterboxed(x, [g.resized_hw for g in geoms], [g.scale for g in geoms], [g.offset for g in geoms])
-                res = det.forward_letterboxed(x, geoms)
-            else:
-                if len({tuple(im.shape) for im in images}) > 1:
-                    raise ValueError(f"images: {type(model).__name__} takes a batch tensor; images differ in size "
-                                     f"{sorted({tuple(im.shape) for im in images})}: resize them first")
-                res = model(torch.stack(images))
-    finally: model.train(was_training)
+    with Hooks(pairs, keep), evaluating(model):
+        if tv is not None: res = model(images)
+        elif det.letterboxes:   # YOLO: the adapter letterboxes as the model's own pipeline does
+            x, geoms = det.letterbox(images)
+            letterboxed = Letterboxed(x, [g.resized_hw for g in geoms], [g.scale for g in geoms], [g.offset for g in geoms])
+            res = det.forward_letterboxed(x, geoms)
+        else:
+            if len({tuple(im.shape) for im in images}) > 1:
+                raise ValueError(f"images: {type(model).__name__} takes a batch tensor; images differ in size "
+                                 f"{sorted({tuple(im.shape) for im in images})}: resize them first")
+            res = model(torch.stack(images))
     image_list = next((o[0] for n, o in calls if n == "__transform__"), letterboxed)
     return [(n, o) for n, o in calls if n != "__transform__"], image_list, res
 

@@ -15,9 +15,9 @@ from torch import Tensor
 
 from .boxes import pair_iou
 from .progress import progress_bars
-from .data import DetectionDataset, DetectionTorchDataset, plain_text, load_image, show_image, draw_boxes
+from .data import DetectionDataset, DetectionTorchDataset, plain_text
 from .detectors import as_detector
-from .gt_table import gt_columns, bucket
+from .gt_table import gt_columns, bucket, plot_gt_crops
 
 # %% auto #0
 __all__ = ['QUERY_STATUSES', 'GRID_STATUSES', 'QUERY_COLORS', 'inside_locations', 'grid_levels', 'QueryCoverage',
@@ -296,26 +296,15 @@ def _centres_in(qc:QueryCoverage, i:int, crop:list)->list:
 
 def plot_query_gallery(qc:QueryCoverage, n:int=12, ncols:int=4, status=("no location inside", "inside but not selected")):
     "The smallest GTs with `status`, on their images, with the proposal grid's valid location centres around them (per level)"
-    f = qc.frame[qc.frame["status"].isin(status)].sort_values("size").head(n)
-    if not len(f): return None
-    nrows = math.ceil(len(f) / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
     cm, L = plt.get_cmap("cool"), len(qc.levels)
-    for ax, (_, r) in zip(axs.flat, f.iterrows()):
-        rec = qc.ds[int(r["image"])]
-        W, H = rec.size
-        gt = [r["x1"], r["y1"], r["x2"], r["y2"]]
-        pad = 0.6 * max(gt[2] - gt[0], gt[3] - gt[1]) + 12
-        crop = [max(0, int(gt[0] - pad)), max(0, int(gt[1] - pad)), min(W, int(gt[2] + pad) + 1), min(H, int(gt[3] + pad) + 1)]
-        show_image(load_image(rec).crop(crop), ax=ax)
-        draw_boxes(ax, torch.tensor([gt]) - torch.tensor([crop[0], crop[1]] * 2), [int(r["label"])], qc.classes, lw=2)
-        for l, (name, x, y) in enumerate(_centres_in(qc, int(r["image"]), crop)):
+    def centres(ax, r, i, crop):
+        for l, (name, x, y) in enumerate(_centres_in(qc, i, crop)):
             ax.scatter(x - crop[0], y - crop[1], s=14 + 10 * l, color=cm(l / max(1, L - 1)), edgecolors="k", linewidths=0.4,
                        label=name)
-        ax.set_xlim(-0.5, crop[2] - crop[0] - 0.5); ax.set_ylim(crop[3] - crop[1] - 0.5, -0.5)
-        ax.set_title(f"{r['file']} #{int(r['box'])}: {r['class']} {r['in_w']:.1f}×{r['in_h']:.1f} input px\n{r['status']}, "
-                     f"best proposal IoU {r['best_iou']:.2f}", fontsize=8)
-    for ax in list(axs.flat)[len(f):]: ax.axis("off")
+    out = plot_gt_crops(qc.frame[qc.frame["status"].isin(status)].sort_values("size").head(n), qc.ds, qc.classes,
+                        lambda r: f"{r['status']}, best proposal IoU {r['best_iou']:.2f}", centres, ncols)
+    if out is None: return None
+    fig, axs = out
     h, lab = axs.flat[0].get_legend_handles_labels()
     fig.legend(h, [f"grid centres {x}" for x in lab], loc="lower center", ncol=L, fontsize=8, frameon=False)
     fig.suptitle(f"{qc.source}: the smallest GTs with {' / '.join(status)} (dots: valid proposal locations, per level)", fontsize=11)

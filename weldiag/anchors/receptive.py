@@ -12,7 +12,7 @@ from torch import nn, Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from ..hooks import Hooks
+from ..hooks import Hooks, evaluating
 from ..detectors import as_detector
 
 # %% auto #0
@@ -97,11 +97,7 @@ def _hooked_receptive_fields(det, image_size, trace:bool):
     tracer, got = _RFTracer(), {}
     tracer.mark(x, (1, 1), (1, 1))
     pairs = [(det.level_name(i), l) for i, l in enumerate(det.feature_layers())]
-    was = m.training
-    try:
-        m.eval()
-        with Hooks(pairs, lambda n, mod, i, o: got.setdefault(n, o)), torch.no_grad(), tracer: m(x)
-    finally: m.train(was)
+    with Hooks(pairs, lambda n, mod, i, o: got.setdefault(n, o)), evaluating(m), tracer: m(x)
     rows = []
     for name, o in got.items():
         rf, jump = tracer.info.get(id(o), ((float("nan"),) * 2, (float("nan"),) * 2))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..spec import HeadSpec, hw_pair, ssd_grid_anchors
-from ..hooks import Hooks
+from ..hooks import Hooks, evaluating
 from .base import Detector, register
 
 # %% auto #0
@@ -40,12 +40,8 @@ class FastaiSSDDetector(Detector):
         if self._anchors is not None: return self._anchors
         hw, grids = hw_pair(image_hw), []
         p = next(self.model.parameters())
-        was = self.model.training
-        try:
-            self.model.eval()
-            with Hooks([(n + ".oconv1", m.oconv1) for n, m in self.outconvs], lambda n, m, i, o: grids.append(o.shape[-1])), torch.no_grad():
-                self.model(torch.zeros(1, 3, *hw, device=p.device, dtype=p.dtype))
-        finally: self.model.train(was)
+        with Hooks([(n + ".oconv1", m.oconv1) for n, m in self.outconvs], lambda n, m, i, o: grids.append(o.shape[-1])), evaluating(self.model):
+            self.model(torch.zeros(1, 3, *hw, device=p.device, dtype=p.dtype))
         k = int(self.outconvs[0][1].k)
         if k != 9: raise ValueError(f"{self.name}: k={k} anchors per cell; the course's 3 zooms × 3 ratios give 9: pass anchors=ssd_grid_anchors(...)")
         return ssd_grid_anchors(grids, image_size=hw)

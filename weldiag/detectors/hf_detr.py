@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 
 from ..spec import InputGeometry, HeadSpec, hw_pair
-from ..hooks import Hooks
+from ..hooks import Hooks, evaluating
 from .base import Detector, register, module_at
 
 # %% auto #0
@@ -105,12 +105,8 @@ class _HFLevels:
         if input_hw not in self._shapes:
             m, bb = self.model, self.model.model.backbone
             p = next(m.parameters())
-            was = m.training
-            try:
-                m.eval()
-                with torch.no_grad():
-                    feats = bb(torch.zeros(1, 3, *input_hw, device=p.device, dtype=p.dtype), torch.ones(1, *input_hw, device=p.device, dtype=torch.long))
-            finally: m.train(was)
+            with evaluating(m):
+                feats = bb(torch.zeros(1, 3, *input_hw, device=p.device, dtype=p.dtype), torch.ones(1, *input_hw, device=p.device, dtype=torch.long))
             shapes = [tuple(f.shape[-2:]) for f, _ in feats]
             while len(shapes) < len(self.feature_layers()):
                 h, w = shapes[-1]; shapes.append(((h - 1) // 2 + 1, (w - 1) // 2 + 1))   # Conv2d(k=3, s=2, p=1)
@@ -229,13 +225,9 @@ class _HFTraining:
         return self._proc
     def _eval_outputs(self, images:list)->tuple:
         "(outputs, batch inputs, geometries) of one eval forward without gradients, training mode restored"
-        was = self.model.training
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                inputs, geoms = self.batch(images)
-                return self.model(**inputs), inputs, geoms
-        finally: self.model.train(was)
+        with evaluating(self.model):
+            inputs, geoms = self.batch(images)
+            return self.model(**inputs), inputs, geoms
     def predict(self, images:list)->list:
         "Per image the processor's postprocess (scores above `score_thresh`), xyxy original pixels, labels 0..K-1"
         out, _, geoms = self._eval_outputs(images)

@@ -10,7 +10,7 @@ import torch
 from torch import nn, Tensor
 
 from ..spec import InputGeometry, HeadSpec, hw_pair
-from ..hooks import Hooks
+from ..hooks import Hooks, evaluating
 from ..safe_load import UnsafeCheckpoint, safe_torch_load
 from .base import Detector, register, module_at
 
@@ -154,11 +154,7 @@ class _RFDETRTraining:
         d = crit(self.model(x), tg)
         return {k: v * crit.weight_dict[k] for k, v in d.items() if k in crit.weight_dict}
     def _forward_eval(self, images:list)->dict:
-        was = self.model.training
-        try:
-            self.model.eval()
-            with torch.no_grad(): return self.model(self.letterbox(images)[0])
-        finally: self.model.train(was)
+        with evaluating(self.model): return self.model(self.letterbox(images)[0])
     def predict(self, images:list)->list:
         "rfdetr's `PostProcess` (top `num_select` query-class pairs), score > `score_thresh`, the no-object column dropped"
         out = self._forward_eval(images)

@@ -10,7 +10,7 @@ import torch
 from torch import nn, Tensor
 
 from ..spec import InputGeometry, HeadSpec, hw_pair
-from ..hooks import Hooks
+from ..hooks import Hooks, evaluating
 from .base import Detector, register, module_at
 from .ultralytics import is_ultralytics, ultralytics_criterion, ultralytics_names, ultralytics_image_size, ultralytics_batch, ultralytics_import
 
@@ -33,11 +33,8 @@ class _RTDETRHead:
         if self._strides is None:
             S, shapes = 64, []
             layers = [(str(i), self.model.model[i]) for i in self._feeding()]
-            was = self.model.training
-            try:
-                with Hooks(layers, lambda n, m, i, o: shapes.append(o.shape[-1])), torch.no_grad():
-                    self.model.eval()(torch.zeros(1, 3, S, S, device=next(self.model.parameters()).device))
-            finally: self.model.train(was)
+            with Hooks(layers, lambda n, m, i, o: shapes.append(o.shape[-1])), evaluating(self.model):
+                self.model(torch.zeros(1, 3, S, S, device=next(self.model.parameters()).device))
             self._strides = [float(S / w) for w in shapes]
         return self._strides
     def level_shapes(self, image_size:int=None)->list:
@@ -107,13 +104,9 @@ class _RTDETRPrediction:
     "The square resize, the decoder's own top-k, boxes scaled back per axis"
     def predict(self, images:list)->list:
         "Per image the decoder's top-k queries above `score_thresh` (at most `max_det`), xyxy original pixels, labels 0..K-1"
-        was = self.model.training
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                x, _ = self.letterbox(images)
-                y = self.model(x)
-        finally: self.model.train(was)
+        with evaluating(self.model):
+            x, _ = self.letterbox(images)
+            y = self.model(x)
         y = y[0] if isinstance(y, (list, tuple)) else y           # (N, k, 6): cx, cy, w, h (normalised), score, class
         out = []
         for d, im in zip(y, images):
@@ -148,12 +141,9 @@ class _RTDETRQueries:
         return [im.to(dev) for im in images]
     def _forward_eval(self, images:list, hooked:list=()):
         "The model in eval mode on the S × S batch, without gradients, training mode restored; outputs of `hooked` modules kept"
-        got, was, images = [], self.model.training, self._on_model(images)
-        try:
-            self.model.eval()
-            with Hooks(list(hooked), lambda n, m, i, o: got.append(o.detach())), torch.no_grad():
-                y = self.model(self.letterbox(images)[0])
-        finally: self.model.train(was)
+        got, images = [], self._on_model(images)
+        with Hooks(list(hooked), lambda n, m, i, o: got.append(o.detach())), evaluating(self.model):
+            y = self.model(self.letterbox(images)[0])
         return y, got
     def query_selection(self, images:list)->list:
         "Per image the max class probability of `enc_score_head` at every location and the top-k `_get_decoder_input` keeps"

@@ -15,6 +15,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 
+from ..hooks import evaluating
 from ..spec import InputGeometry, AnchorLevel, AnchorSet, MatchRule, HeadSpec, hw_pair, wh_to_shapes
 from .base import Detector, register, module_at
 
@@ -156,11 +157,7 @@ class _TorchvisionHead:
 
     def predict(self, images:list)->list:
         "The model's own postprocess (boxes back in the pixels of the images given), labels 0..K-1"
-        was = self.model.training
-        try:
-            self.model.eval()
-            with torch.no_grad(): out = self.model(list(images))
-        finally: self.model.train(was)
+        with evaluating(self.model): out = self.model(list(images))
         return [{"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"] - self.label_offset} for o in out]
 
 # %% ../../nbs/01e_det_torchvision.ipynb #2c5690d0

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn, Tensor
 
+from ..hooks import evaluating
 from ..spec import InputGeometry, HeadSpec, hw_pair, letterbox_geometry
 from .base import Detector, register, module_at
 
@@ -189,13 +190,10 @@ class _UltralyticsPrediction:
         `end2end`), boxes back to original pixels. Boxes with x2 < x1 or y2 < y1 (a head without DFL can predict negative
         distances) are dropped and counted per image in `dropped`."""
         nms = ultralytics_import("ultralytics.utils.nms.non_max_suppression")
-        was, e2e = self.model.training, bool(getattr(self.head, "end2end", False))
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                x, geoms = self.letterbox(images)
-                y = self.model(x)
-        finally: self.model.train(was)
+        e2e = bool(getattr(self.head, "end2end", False))
+        with evaluating(self.model):
+            x, geoms = self.letterbox(images)
+            y = self.model(x)
         out = []
         for d, im in zip(nms(y, self.score_thresh, self.iou_thresh, max_det=self.max_det, nc=self.num_classes,
                                **({'end2end': True} if e2e else {})), images):
