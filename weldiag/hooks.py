@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import functools
 import inspect
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['Walked', 'walk_outputs', 'select_modules', 'Hooks', 'grad_hook', 'OptimizerHooks', 'evaluating']
+__all__ = ['Walked', 'walk_outputs', 'select_modules', 'Hooks', 'grad_hook', 'OptimizerHooks', 'evaluating', 'recording_calls']
 
 # %% ../nbs/00_hooks.ipynb #d18c8689
 class Walked(list):
@@ -189,3 +191,33 @@ def evaluating(
         with torch.set_grad_enabled(grad): yield model
     finally:
         for m, t in flags: m.training = t
+
+# %% ../nbs/00_hooks.ipynb #9f787d48
+_SWAPPING = threading.RLock()   # one recorder swaps a library function at a time
+
+def _snapshot(a, k):
+    "The first argument, copied (a tensor cloned, an array copied): the caller may reuse its buffer"
+    x = a[0]
+    return x.clone() if torch.is_tensor(x) else x.copy() if hasattr(x, "copy") else x
+
+@contextlib.contextmanager
+def recording_calls(
+    owner,                    # the module (or object) whose attribute is called, e.g. the matcher's own module
+    name:str,                 # the attribute, e.g. "linear_sum_assignment" (the name the library calls it by)
+    keep:Callable=_snapshot,  # (args, kwargs) -> what to record per call; default a copy of the first argument
+):                            # yields the list the records are appended to, in call order
+    "While inside: `owner.name` still runs, and `keep(args, kwargs)` of each call this thread makes is recorded"
+    if not callable(getattr(owner, name, None)):
+        raise ValueError(f"recording_calls: {getattr(owner, '__name__', type(owner).__name__)}.{name} is not a function to record")
+    calls, me = [], threading.get_ident()
+    with _SWAPPING:
+        orig, own = getattr(owner, name), name in getattr(owner, "__dict__", {})   # own: not a method looked up on the class
+        @functools.wraps(orig)
+        def record(*a, **k):
+            if threading.get_ident() == me: calls.append(keep(a, k))
+            return orig(*a, **k)
+        setattr(owner, name, record)
+        try: yield calls
+        finally:
+            if own: setattr(owner, name, orig)
+            else: delattr(owner, name)

@@ -5,14 +5,13 @@
 # %% ../../nbs/01k_det_hf_detr.ipynb #44dff4ac
 from __future__ import annotations
 import math, sys
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
 from ..spec import InputGeometry, HeadSpec, hw_pair
-from ..hooks import Hooks, evaluating
+from ..hooks import Hooks, evaluating, recording_calls
 from .base import Detector, register, module_at
 
 # %% auto #0
@@ -279,17 +278,6 @@ class _HFProposals:
         return torch.cat(out)
 
 # %% ../../nbs/01k_det_hf_detr.ipynb #c46f405a
-@contextmanager
-def _recording_assignment(matcher):
-    "While inside: the cost matrices the matcher hands to `linear_sum_assignment` (its module's own name), appended to a list"
-    mod, costs = sys.modules[type(matcher).__module__], []
-    orig = mod.linear_sum_assignment
-    def record(c):
-        costs.append(torch.as_tensor(c).clone()); return orig(c)
-    mod.linear_sum_assignment = record
-    try: yield costs
-    finally: mod.linear_sum_assignment = orig
-
 class _HFSelection:
     "The top-k the model picks from its proposal grid, its Hungarian matcher on the final decoder layer"
     def query_selection(self, images:list)->list:
@@ -320,12 +308,13 @@ class _HFSelection:
         labels = self.labels([{k: v.to(dev) for k, v in t.items()} for t in targets], geoms)
         boxes = out.pred_boxes.clamp(0, 1) if self.config.model_type == "d_fine" else out.pred_boxes   # as DFineForObjectDetectionLoss
         matcher = self.matcher()
-        with _recording_assignment(matcher) as costs: idx = matcher({"logits": out.logits, "pred_boxes": boxes}, labels)
+        with recording_calls(sys.modules[type(matcher).__module__], "linear_sum_assignment") as costs:   # the matrices it solves
+            idx = matcher({"logits": out.logits, "pred_boxes": boxes}, labels)
         res = []
         for (qi, gi), c, t in zip(idx, costs, labels):
             G = len(t["boxes"])
             q, cost = torch.full((G,), -1, dtype=torch.long), torch.full((G,), float("nan"))
-            q[gi], cost[gi] = qi, c[qi, gi].float()
+            q[gi], cost[gi] = qi, torch.as_tensor(c)[qi, gi].float()
             res.append({"query": q, "cost": cost})
         return res
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn, Tensor
 
 from ..spec import InputGeometry, HeadSpec, hw_pair
-from ..hooks import Hooks, evaluating
+from ..hooks import Hooks, evaluating, recording_calls
 from ..safe_load import UnsafeCheckpoint, safe_torch_load
 from .base import Detector, register, module_at
 
@@ -195,14 +195,9 @@ class _RFDETRQueries:
             G = len(t["labels"])
             q, cost = torch.full((G,), -1, dtype=torch.long), torch.full((G,), float("nan"))
             if G:
-                seen = []
-                def keep(cm, sizes, group_detr, _orig=type(matcher)._assign_compact_cost_matrix):
-                    seen.append(cm); return _orig(cm, sizes, group_detr)
-                matcher._assign_compact_cost_matrix = keep            # the matrix it solves, captured (one image: full path)
-                try:
-                    o = {"pred_logits": out["pred_logits"][i:i + 1], "pred_boxes": out["pred_boxes"][i:i + 1]}
-                    with torch.no_grad(): (qi, gi), = matcher(o, [{k: v.to(o["pred_boxes"].device) for k, v in t.items()}])
-                finally: del matcher._assign_compact_cost_matrix
+                o = {"pred_logits": out["pred_logits"][i:i + 1], "pred_boxes": out["pred_boxes"][i:i + 1]}
+                with recording_calls(matcher, "_assign_compact_cost_matrix") as seen, torch.no_grad():   # the matrix it solves
+                    (qi, gi), = matcher(o, [{k: v.to(o["pred_boxes"].device) for k, v in t.items()}])
                 q[gi] = qi
                 cost[gi] = seen[-1][qi, gi].float().cpu()
             res.append({"query": q, "cost": cost})

@@ -10,7 +10,7 @@ import torch
 from torch import nn, Tensor
 
 from ..spec import InputGeometry, HeadSpec, hw_pair
-from ..hooks import Hooks, evaluating
+from ..hooks import Hooks, evaluating, recording_calls
 from .base import Detector, register, module_at
 from .ultralytics import is_ultralytics, ultralytics_criterion, ultralytics_names, ultralytics_image_size, ultralytics_batch, ultralytics_import
 
@@ -160,8 +160,8 @@ class _RTDETRQueries:
         dec_bboxes, dec_scores = y[1][0][-1], y[1][1][-1]                # eval: (1, N, Q, 4) cxcywh 0..1, (1, N, Q, K) logits
         b, n = self.batch(images, targets), [len(t["boxes"]) for t in targets]
         matcher = self.criterion().matcher
-        seen = []
-        with _keep_costs(matcher, seen): idx = matcher(dec_bboxes, dec_scores, b["bboxes"], b["cls"].long().view(-1), n)
+        with recording_calls(importlib.import_module(type(matcher).__module__), "linear_sum_assignment") as seen:
+            idx = matcher(dec_bboxes, dec_scores, b["bboxes"], b["cls"].long().view(-1), n)
         out, start = [], 0
         for k, (qi, gj) in enumerate(idx):
             q, cost = torch.full((n[k],), -1, dtype=torch.long), torch.full((n[k],), float("nan"))
@@ -170,17 +170,6 @@ class _RTDETRQueries:
             if len(g) and k < len(seen): cost[g] = torch.as_tensor(seen[k])[qi, g].float()   # else NaN: no matrix kept
             out.append({"query": q, "cost": cost}); start += n[k]
         return out
-
-class _keep_costs:
-    "While open: each cost matrix the matcher hands `linear_sum_assignment` (its module's own name for it) is kept in `seen`"
-    def __init__(self, matcher, seen:list):
-        self.mod, self.seen = importlib.import_module(type(matcher).__module__), seen
-    def __enter__(self):
-        self.orig = self.mod.linear_sum_assignment
-        def keep(c, *a, **k):
-            self.seen.append(c.clone() if torch.is_tensor(c) else c.copy()); return self.orig(c, *a, **k)
-        self.mod.linear_sum_assignment = keep
-    def __exit__(self, *exc): self.mod.linear_sum_assignment = self.orig
 
 # %% ../../nbs/01j_det_rtdetr.ipynb #330bc1df
 @register
