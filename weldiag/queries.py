@@ -34,10 +34,10 @@ def inside_locations(
     valid:Tensor,            # (A,) bool: locations the model keeps (the others are never proposals)
     gt:Tensor,               # (G, 4) xyxy GT boxes of one image, input pixels
 )->Tensor:                   # (G, A) bool
-    "Valid locations whose centre lies strictly inside each GT box"
+    "Valid locations whose centre lies inside each GT box or on its edge"
     c = (anchors[:, :2] + anchors[:, 2:]) / 2
     x, y = c[:, 0], c[:, 1]
-    return valid & (x > gt[:, 0, None]) & (x < gt[:, 2, None]) & (y > gt[:, 1, None]) & (y < gt[:, 3, None])
+    return valid & (x >= gt[:, 0, None]) & (x <= gt[:, 2, None]) & (y >= gt[:, 1, None]) & (y <= gt[:, 3, None])
 
 def grid_levels(
     anchors:Tensor,          # (A, 4) xyxy proposal anchors, input pixels
