@@ -5,7 +5,8 @@ NEU-DET: out-of-fold predictions of small RetinaNets trained here (`--folds` mod
 `--n` images at their native 200 px), so every image is scored by a model that did not see it.
 `--trainer ultralytics`: out-of-fold predictions of YOLO models trained by ultralytics' own trainer (its augmentation,
 its schedule) on every NEU-DET image at `--imgsz`, read back through weldiag's adapter (conf 0.001, as its val).
-Prints precision@k (k = corrupted images, or corruptions of the kind for the issue columns) per seed and method.
+Next to cleanlab with its defaults, cleanlab with its confidence gate lowered to `--gate` (a detector's scores may never
+reach 0.95). Prints precision@k (k = corrupted images, or corruptions of the kind for the issue columns) per seed and method.
 
     python bench/label_corruptions.py [--neu /work/shared/data/neu-det] [--n 600] [--folds 2] [--epochs 4] [--seeds 3]
     python bench/label_corruptions.py --skip-weld --trainer ultralytics --yaml yolov8n.yaml --n 1800 --epochs 30 --work /tmp/neu
@@ -19,8 +20,9 @@ import pandas as pd
 import torch
 
 from weldiag.data import weld_sample, load_dataset, DetectionTorchDataset, detection_collate
-from weldiag.labels import corruption_benchmark, out_of_fold_predictions
+from weldiag.labels import corruption_benchmark, out_of_fold_predictions, METHODS
 from weldiag.metrics.predict import predict
+from weldiag.metrics.report import evaluate
 from weldiag.models import sample_detector, small_detector
 from weldiag.detectors import label_offset
 
@@ -74,6 +76,7 @@ if __name__ == "__main__":
     a.add_argument("--trainer", choices=["weldiag", "ultralytics"], default="weldiag")
     a.add_argument("--yaml", default="yolov8n.yaml"); a.add_argument("--imgsz", type=int, default=224)
     a.add_argument("--work", default="/tmp/weldiag-neu", help="--trainer ultralytics: fold datasets and weights")
+    a.add_argument("--gate", type=float, default=0.5, help="also cleanlab with its 0.95 confidence gate lowered to this (0: not)")
     a.add_argument("--cache", default=None, help="pickle file: NEU-DET predictions are read from it when it exists, else written")
     a = a.parse_args()
     pd.set_option("display.width", 160)
@@ -86,8 +89,12 @@ if __name__ == "__main__":
                                          neu_predictions_ultralytics(a.neu, a.n, a.folds, a.epochs, a.imgsz, a.yaml, a.work)); print(f"NEU-DET out-of-fold predictions: {time.time() - t0:.0f} s")
             if a.cache: Path(a.cache).write_bytes(pickle.dumps(runs[-1]))
     for p, t, ds in runs:
-        res = corruption_benchmark(p, t, ds, seeds=range(a.seeds))
-        print(f"\n{ds.name}: {len(ds)} images, {ds.n_boxes} boxes")
+        sc = torch.cat([torch.as_tensor(x["scores"]).flatten().float() for x in p])
+        ap = evaluate(p, t, classes=ds.classes)
+        print(f"\n{ds.name}: {len(ds)} images, {ds.n_boxes} boxes; the predictions: AP50 {ap.stats[1]:.3f}, AP {ap.stats[0]:.3f}; "
+              f"{len(sc)} boxes, {int((sc > 0.5).sum())} above 0.5, {int((sc > 0.95).sum())} above cleanlab's 0.95 gate")
+        extra = {f"cleanlab high={a.gate:g}": dict(method="cleanlab", high=a.gate)} if a.gate else {}
+        res = corruption_benchmark(p, t, ds, seeds=range(a.seeds), methods=METHODS | extra)
         print(res.drop(columns="data").round(3).to_string(index=False))
         img = res.pivot(index="seed", columns="method", values="images")
         print("image precision@k, weldiag >= cleanlab on every seed:", bool((img.weldiag >= img.cleanlab).all()))

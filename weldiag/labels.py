@@ -12,11 +12,11 @@ import matplotlib.pyplot as plt
 from .data import draw_boxes, show_image, panel_columns
 
 # %% auto #0
-__all__ = ['CLEANLAB', 'ISSUES', 'WELDIAG', 'BOX_COLUMNS', 'overlap_matrix', 'centre_closeness', 'image_pairs', 'min_similarity',
-           'cl_overlooked', 'cl_badloc', 'conflicting_labels', 'cl_swap', 'softmin', 'cleanlab_box_scores',
-           'wd_overlooked', 'wd_swap', 'wd_badloc', 'weldiag_box_scores', 'pool_images', 'LabelQuality',
-           'label_quality', 'to_cleanlab', 'plot_label_issues', 'out_of_fold_predictions', 'corrupt_labels',
-           'precision_at_k', 'corruption_recovery', 'corruption_benchmark']
+__all__ = ['CLEANLAB', 'ISSUES', 'WELDIAG', 'BOX_COLUMNS', 'METHODS', 'overlap_matrix', 'centre_closeness', 'image_pairs',
+           'min_similarity', 'cl_overlooked', 'cl_badloc', 'conflicting_labels', 'cl_swap', 'softmin',
+           'cleanlab_box_scores', 'wd_overlooked', 'wd_swap', 'wd_badloc', 'weldiag_box_scores', 'pool_images',
+           'LabelQuality', 'label_quality', 'to_cleanlab', 'plot_label_issues', 'out_of_fold_predictions',
+           'corrupt_labels', 'precision_at_k', 'corruption_recovery', 'corruption_benchmark']
 
 # %% ../nbs/06k_labels.ipynb #a4b003cf
 # cleanlab 2.9 `cleanlab.internal.constants`: the ObjectLab defaults
@@ -358,19 +358,21 @@ def corruption_recovery(lq:LabelQuality, log:pd.DataFrame, n_images:int)->dict:
     return out
 
 # %% ../nbs/06k_labels.ipynb #dac70cfd
+METHODS = {"weldiag": dict(method="weldiag"), "cleanlab": dict(method="cleanlab")}
+
 def corruption_benchmark(
     preds:list,            # per image predictions on the clean images
     targets:list,          # the clean labels
     ds,                    # the DetectionDataset they belong to (sizes, classes, name)
     seeds=(0, 1, 2),       # one corruption per seed
     frac:float=0.015,      # per kind (drop, relabel, shift)
+    methods:dict=None,     # name -> `label_quality` keywords (method and overrides); default METHODS
 )->pd.DataFrame:           # one row per seed and method: k and precision@k of images and of each issue
     "Inject known corruptions (`corrupt_labels`) and score how well each method finds them, on the same predictions"
     rows = []
     for seed in seeds:
         ct, log = corrupt_labels(targets, [r.size for r in ds], len(ds.classes), seed=seed, frac=frac)
-        for m in ("weldiag", "cleanlab"):
-            rec = corruption_recovery(label_quality(preds, ct, ds.classes, method=m), log, len(ds))
-            rows.append(dict(data=ds.name, seed=seed, method=m, k=log.image.nunique(), **rec))
+        for name, kw in (methods or METHODS).items():
+            rec = corruption_recovery(label_quality(preds, ct, ds.classes, **kw), log, len(ds))
+            rows.append(dict(data=ds.name, seed=seed, method=name, k=log.image.nunique(), **rec))
     return pd.DataFrame(rows)
-
