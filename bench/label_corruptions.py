@@ -9,7 +9,8 @@ Next to cleanlab with its defaults, cleanlab with its confidence gate lowered to
 reach 0.95). Prints precision@k (k = corrupted images, or corruptions of the kind for the issue columns) per seed and method.
 
     python bench/label_corruptions.py [--neu /work/shared/data/neu-det] [--n 600] [--folds 2] [--epochs 4] [--seeds 3]
-    python bench/label_corruptions.py --skip-weld --trainer ultralytics --yaml yolov8n.yaml --n 1800 --epochs 30 --work /tmp/neu
+    python bench/label_corruptions.py --skip-weld --trainer ultralytics --yaml yolov8n.yaml --n 1800 --epochs 30 --work /tmp/neu --cache /tmp/neu/preds.pkl
+    python bench/label_corruptions.py --skip-weld --cache /tmp/neu/preds.pkl --seeds 10   # rescore, no training
 """
 import argparse, os, time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
