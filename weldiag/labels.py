@@ -244,7 +244,7 @@ def plot_label_issues(
     per_image:int=3,     # at most this many issues per image
     width:float=12.0,    # figure width (inches)
 ):
-    "The `k` most suspicious images, each with its worst issues: label solid, disputing prediction dashed"
+    "The `k` most suspicious images, each with its issues below `thr` (else its weakest row): label solid, disputing prediction dashed"
     idx = lq.ranking()[:k]
     from PIL import Image
     first = getattr(images[int(idx[0])], "path", images[int(idx[0])]) if len(idx) else None
@@ -252,9 +252,11 @@ def plot_label_issues(
     cols = panel_columns(len(idx), aspect, width, extra=0.4)
     rows = -(-len(idx) // cols) if len(idx) else 1
     fig, axs = plt.subplots(rows, cols, figsize=(width, rows * (width / cols * aspect + 0.4)), squeeze=False)
-    iss = lq.issues(thr)
+    iss = lq.issues(1.01)   # every row, worst first
     for ax, i in zip(axs.flat, idx):
-        d = iss[iss.image == i].head(per_image)
+        d = iss[iss.image == i]
+        # nothing below thr: the image's weakest row, so every panel shows what put it this high
+        d = d[d.score < thr].head(per_image) if (d.score < thr).any() else d.head(1)
         show_image(images[int(i)], ax=ax, title=f"#{i} score {lq.image_scores[i]:.2f}: " + ", ".join(
             f"{r.issue} {r.score:.2f}" for r in d.itertuples()))
         draw_boxes(ax, d[["x1", "y1", "x2", "y2"]].to_numpy(copy=True), d["class"].to_numpy(copy=True), lq.classes, lw=2)
