@@ -252,7 +252,7 @@ def plot_label_issues(
     cols = panel_columns(len(idx), aspect, width, extra=0.4)
     rows = -(-len(idx) // cols) if len(idx) else 1
     fig, axs = plt.subplots(rows, cols, figsize=(width, rows * (width / cols * aspect + 0.4)), squeeze=False)
-    iss = lq.issues(1.01)   # every row, worst first
+    iss = lq.issues(np.inf)   # every row, worst first
     for ax, i in zip(axs.flat, idx):
         d = iss[iss.image == i]
         # nothing below thr: the image's weakest row, so every panel shows what put it this high
